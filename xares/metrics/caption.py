@@ -1,0 +1,115 @@
+"""Caption metrics: FENSE and DATE via the optional ``mecat`` package, and offline TokenF1."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, ClassVar
+
+from xares.metrics.base import Metric, MetricUnavailableError
+from xares.metrics.normalise import normalise_text
+
+
+class TokenF1(Metric):
+    """Mean over pairs of the bag-of-words F1 between normalised prediction and reference.
+
+    Tokens are whitespace-separated words of the normalised text, matched as multisets.
+    Both empty scores 1.0; exactly one empty scores 0.0.
+    """
+
+    name = "TokenF1"
+
+    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+        total = 0.0
+        for pred, ref in zip(predictions, references):
+            total += token_f1(normalise_text(pred).split(), normalise_text(ref).split())
+        return total / len(references)
+
+
+def token_f1(predicted: list[str], reference: list[str]) -> float:
+    """F1 of the multiset overlap between two token lists."""
+    if not predicted or not reference:
+        return float(not predicted and not reference)
+    overlap = sum((Counter(predicted) & Counter(reference)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+class _MecatMetric(Metric):
+    """Scores with ``mecat.evaluate`` on the caption task, one pair per reference.
+
+    ``mecat`` and the models it downloads on first use (a Sentence-BERT encoder and the
+    FENSE error detector) are optional; without them the metric raises
+    :class:`MetricUnavailableError` so that the evaluator can skip the task.
+    """
+
+    mecat_metric: ClassVar[str] = ""
+    # With explicit references mecat scores the "long" caption subtask, reported as this row.
+    result_row: ClassVar[str] = "content_long"
+
+    def __init__(self, batch_size: int = 32, device: str | None = None, **metric_args: Any):
+        super().__init__(batch_size=batch_size, device=device, **metric_args)
+        self.batch_size = batch_size
+        self.device = device
+
+    def _unavailable(self, reason: str) -> MetricUnavailableError:
+        return MetricUnavailableError(
+            f"{self.name} is unavailable: {reason}. It needs `pip install mecat` and the "
+            "models mecat downloads on first use, which cannot be fetched offline."
+        )
+
+    def load_evaluate(self) -> Any:
+        """Import ``mecat.evaluate``, raising MetricUnavailableError if it cannot be."""
+        try:
+            from mecat import evaluate
+        except ImportError as exc:
+            raise self._unavailable(f"cannot import mecat ({exc})") from exc
+        return evaluate
+
+    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+        evaluate = self.load_evaluate()
+        try:
+            table = evaluate(
+                predicted_data=[[normalise_text(p)] for p in predictions],
+                reference_data=[[normalise_text(r)] for r in references],
+                task="caption",
+                metrics=[self.mecat_metric],
+                subtask="long",
+                batch_size=self.batch_size,
+                device=self.device,
+            )
+        # Missing models surface as OSError (no network, missing cache) or ImportError.
+        except (OSError, ImportError) as exc:
+            raise self._unavailable(f"mecat could not load its models ({exc})") from exc
+        return self.read_score(table)
+
+    def read_score(self, table: Any) -> float:
+        """Pick this metric's score from mecat's results (a DataFrame or a list of row dicts)."""
+        records = table.to_dict(orient="records") if hasattr(table, "to_dict") else list(table)
+        row = next((r for r in records if r.get("subtask") == self.result_row), None)
+        if row is None or row.get(self.mecat_metric) is None:
+            raise RuntimeError(
+                f"{self.name}: mecat returned no '{self.mecat_metric}' score for "
+                f"'{self.result_row}'; rows: {records}"
+            )
+        score = float(row[self.mecat_metric])
+        if math.isnan(score):
+            raise RuntimeError(f"{self.name}: mecat returned NaN for '{self.result_row}'")
+        # Similarity-based scores can dip below 0; keep the common [0, 1] range.
+        return min(1.0, max(0.0, score))
+
+
+class FENSE(_MecatMetric):
+    """FENSE (Sentence-BERT similarity with a fluency-error penalty), via ``mecat``."""
+
+    name = "FENSE"
+    mecat_metric = "fense"
+
+
+class DATE(_MecatMetric):
+    """DATE (discriminability-aware caption score used by MECAT), via ``mecat``."""
+
+    name = "DATE"
+    mecat_metric = "date"

@@ -1,0 +1,48 @@
+"""Assemble an :class:`AudioLLM` from the ``encoder``, ``projector`` and ``llm`` config groups."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from xares.encoders.contract import check_encoder
+from xares.models.audio_llm import AudioLLM
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
+    """Encoder (contract-checked before anything else is built) → projector → LoRA decoder."""
+    encoder = instantiate(cfg.encoder, _convert_="all")
+    if check:
+        check_encoder(encoder, sample_rate=int(cfg.data.sample_rate))
+    decoder, tokenizer = instantiate(cfg.llm.decoder, _convert_="all")
+    hidden = decoder.get_input_embeddings().embedding_dim
+    projector = instantiate(cfg.projector, in_dim=int(encoder.output_dim), out_dim=int(hidden))
+    model = AudioLLM(
+        encoder,
+        projector,
+        decoder,
+        tokenizer,
+        lora=_plain(cfg.llm.get("lora")),
+        generation=_plain(cfg.get("generation")),
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model: %s (%d-d) → %s → %s; trainable %.2fM of %.1fM parameters",
+        type(encoder).__name__,
+        encoder.output_dim,
+        type(projector).__name__,
+        type(decoder).__name__,
+        trainable / 1e6,
+        total / 1e6,
+    )
+    return model

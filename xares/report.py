@@ -1,0 +1,119 @@
+"""Score files and tables: ``scores.tsv``, ``scores.json``, ``predictions_<task>.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def weighted_mean(results: Iterable[Mapping[str, Any]]) -> float:
+    """Weighted mean over the tasks that have a score (unavailable metrics are left out)."""
+    pairs = [(r["score"], r["weight"]) for r in results if not math.isnan(r["score"])]
+    total = sum(w for _, w in pairs)
+    return sum(s * w for s, w in pairs) / total if total > 0 else float("nan")
+
+
+def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-task scores, a mean per track (when tasks name one) and the overall weighted mean."""
+    tracks: dict[str, list] = {}
+    for r in results:
+        if r.get("track"):
+            tracks.setdefault(r["track"], []).append(r)
+    return {
+        "tasks": [
+            {
+                k: r.get(k)
+                for k in ("task", "metric", "score", "weight", "chance", "track", "clips", "note")
+            }
+            for r in results
+        ],
+        "tracks": {name: weighted_mean(rs) for name, rs in tracks.items()}
+        if len(tracks) > 1
+        else {},
+        "overall": weighted_mean(results),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A fixed-width table: task, metric, score, weight (and chance level when known)."""
+    tasks = summary["tasks"]
+    with_chance = any(t.get("chance") is not None for t in tasks)
+    header = ["task", "metric", "score", "weight", *(["chance"] if with_chance else []), "clips"]
+    lines = [
+        [
+            t["task"],
+            t["metric"],
+            _fmt(t["score"]),
+            _fmt(float(t["weight"])),
+            *([_fmt(t.get("chance"))] if with_chance else []),
+            str(t.get("clips", "")),
+        ]
+        for t in tasks
+    ]
+    for track, score in summary.get("tracks", {}).items():
+        lines.append([f"mean {track}", "", _fmt(score), "", *([""] if with_chance else []), ""])
+    lines.append(
+        ["overall (weighted)", "", _fmt(summary["overall"]), "", *([""] if with_chance else []), ""]
+    )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines[: len(tasks)]]
+    out.append(rule)
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines[len(tasks) :]]
+    notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
+    return "\n".join(out + notes)
+
+
+def write_reports(output_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Write the three kinds of score files into ``output_dir`` and return the summary."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results)
+    with open(out / "scores.tsv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["task", "metric", "score", "weight"])
+        for t in summary["tasks"]:
+            writer.writerow([t["task"], t["metric"], _fmt(t["score"]), t["weight"]])
+        for track, score in summary["tracks"].items():
+            writer.writerow([f"mean_{track}", "weighted_mean", _fmt(score), ""])
+        writer.writerow(
+            [
+                "overall",
+                "weighted_mean",
+                _fmt(summary["overall"]),
+                sum(t["weight"] for t in summary["tasks"]),
+            ]
+        )
+    with open(out / "scores.json", "w") as f:
+        json.dump(_json_safe(summary), f, indent=2)
+    for result in results:
+        with open(out / f"predictions_{result['task']}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["key", "prompt", "prediction", "reference"])
+            for row in result.get("rows", []):
+                for reference in row["references"]:
+                    writer.writerow([row["key"], row["prompt"], row["prediction"], reference])
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

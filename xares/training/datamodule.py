@@ -1,0 +1,162 @@
+"""LightningDataModule over a task file: the weighted training mixture and the ordered test sets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from xares.data.mixing import DatasetSource, EvalSet, TrainMixture
+from xares.data.shards import resolve_shards
+
+log = logging.getLogger(__name__)
+
+
+def _sources(
+    datasets: Mapping[str, Mapping[str, Any]], root: str | None, task: str, download: bool
+) -> list[DatasetSource]:
+    sources = []
+    for name, spec in datasets.items():
+        if spec is None:  # a mixture may switch a dataset off with `name: null`
+            continue
+        for required in ("shards", "prompt"):
+            if spec.get(required) is None:
+                raise ValueError(f"task {task}: dataset '{name}' has no `{required}`")
+        shards = resolve_shards(
+            list(spec["shards"]) if not isinstance(spec["shards"], str) else spec["shards"],
+            spec.get("repo_id"),
+            root=root,
+            download=download,
+            task=task,
+        )
+        sources.append(
+            DatasetSource(
+                name=name,
+                shards=shards,
+                label_key=str(spec.get("label_key") or "label"),
+                prompt=str(spec["prompt"]),
+                prob=spec.get("prob"),
+                label_join=spec.get("label_join"),
+            )
+        )
+    # `prob: null` means the dataset's share of all shards in the mixture.
+    total_shards = sum(len(s.shards) for s in sources)
+    for source in sources:
+        if source.prob is None:
+            source.prob = len(source.shards) / total_shards
+        source.prob = float(source.prob)
+    return sources
+
+
+class TaskDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        task: Mapping[str, Any],
+        batch_size: int = 4,
+        num_workers: int = 0,
+        sample_rate: int = 16000,
+        crop_seconds: float = 30.0,
+        eval_max_seconds: float = 30.0,
+        shuffle_buffer: int = 256,
+        sort_buffer: int = 128,
+        eval_sort_buffer: int = 256,
+        eval_batch_size: int | None = None,
+        eval_limit: int | None = None,
+        seed: int = 42,
+        root: str | None = None,
+        download: bool = True,
+    ):
+        super().__init__()
+        self.task = task
+        self.name = str(task.get("name", "task"))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.sample_rate = sample_rate
+        self.crop_seconds = crop_seconds
+        self.eval_max_seconds = eval_max_seconds
+        self.shuffle_buffer = shuffle_buffer
+        self.sort_buffer = sort_buffer
+        self.eval_sort_buffer = eval_sort_buffer
+        self.eval_batch_size = eval_batch_size
+        self.eval_limit = eval_limit
+        self.seed = seed
+        self.root = root
+        self.download = download
+        self.train_sources: list[DatasetSource] | None = None
+        self.eval_sources: list[DatasetSource] | None = None
+
+    @property
+    def eval_specs(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in (self.task.get("eval") or {}).items() if v is not None}
+
+    def prepare_data(self) -> None:
+        # Rank 0 fetches everything once; setup() on every rank then only reads the cache.
+        self._resolve(stage=None, download=self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._resolve(stage, download=self.download)
+
+    def _resolve(self, stage: str | None, download: bool) -> None:
+        if stage in (None, "fit") and self.train_sources is None:
+            train = self.task.get("train") or {}
+            if not train:
+                raise ValueError(f"task {self.name} has no `train` datasets")
+            self.train_sources = _sources(train, self.root, self.name, download)
+            log.info(
+                "training mixture: %s",
+                ", ".join(
+                    f"{s.name} p={s.prob:.3f} ({len(s.shards)} shards)" for s in self.train_sources
+                ),
+            )
+        if stage in (None, "test", "predict") and self.eval_sources is None:
+            specs = self.eval_specs
+            if not specs:
+                raise ValueError(f"task {self.name} has no `eval` datasets")
+            self.eval_sources = _sources(specs, self.root, self.name, download)
+
+    def _loader(self, dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._resolve("fit", self.download)
+        mixture = TrainMixture(
+            self.train_sources,
+            batch_size=self.batch_size,
+            sample_rate=self.sample_rate,
+            crop_seconds=self.crop_seconds,
+            shuffle_buffer=self.shuffle_buffer,
+            sort_buffer=self.sort_buffer,
+            seed=self.seed,
+        )
+        if self.trainer is not None:
+            mixture.offset = self.trainer.global_step
+        return self._loader(mixture)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        self._resolve("test", self.download)
+        specs = self.eval_specs
+        loaders = []
+        for source in self.eval_sources:
+            batch_size = self.eval_batch_size or int(specs[source.name].get("batch_size") or 8)
+            loaders.append(
+                self._loader(
+                    EvalSet(
+                        source,
+                        batch_size=batch_size,
+                        sample_rate=self.sample_rate,
+                        max_seconds=self.eval_max_seconds,
+                        sort_buffer=self.eval_sort_buffer,
+                        limit=self.eval_limit,
+                    )
+                )
+            )
+        return loaders

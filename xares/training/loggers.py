@@ -1,0 +1,50 @@
+"""Experiment loggers that never stop a run to ask a question."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def wandb_credentials() -> bool:
+    """True when W&B can log in without a prompt (API key in the environment or in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(
+    project: str = "xares",
+    name: str | None = None,
+    save_dir: str = ".",
+    offline: bool | None = None,
+    **kwargs: Any,
+):
+    """A Lightning ``WandbLogger``, offline unless credentials are present (or asked online)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if offline is None:
+        offline = mode in ("offline", "dryrun", "disabled") or not wandb_credentials()
+    if offline:
+        log.info("W&B offline: runs are saved under %s/wandb; upload with `wandb sync`", save_dir)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(project=project, name=name, save_dir=save_dir, offline=offline, **kwargs)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run if one is open (also after a crash, so the run is not left dangling)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

@@ -1,0 +1,151 @@
+"""The LightningModule: LoRA training on the task mixture, generation + scoring on test sets."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from xares.metrics import MetricUnavailableError, build_metric
+from xares.models.audio_llm import AudioLLM
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_STEPS = 10
+
+
+class AudioLLMModule(pl.LightningModule):
+    """Trains projector + LoRA; in ``test`` generates answers for each eval set and scores them.
+
+    ``eval_sets`` maps an eval set's name (``eval_esc-50``) to its metric, metric_args, weight
+    and optional chance level / track; the order is the order of the test dataloaders.
+    """
+
+    def __init__(
+        self,
+        model: AudioLLM,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        eval_sets: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.eval_sets = dict(eval_sets or {})
+        self.config = dict(config or {})
+        # Checkpoints hold only trainable weights, so loading must not demand the frozen ones.
+        self.strict_loading = False
+        self._bad_steps = 0
+        self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.results: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.model(batch["audio"], batch["audio_mask"], batch["prompts"], batch["targets"])
+        if not torch.isfinite(loss):
+            self._bad_steps += 1
+            log.warning(
+                "non-finite loss at step %d (tasks %s); step skipped (%d in a row)",
+                self.global_step,
+                sorted(set(batch["tasks"])),
+                self._bad_steps,
+            )
+            if self._bad_steps >= MAX_BAD_STEPS:
+                raise FloatingPointError(
+                    f"{self._bad_steps} consecutive non-finite losses: lower the learning rate, "
+                    "use trainer=gpu (bf16) instead of fp16, or check the encoder's features"
+                )
+            return None  # Lightning skips the optimiser step for this batch
+        self._bad_steps = 0
+        size = batch["audio"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def state_dict(self, *args, **kwargs):
+        # Frozen encoder/decoder weights are rebuilt from the config; storing them would make
+        # every checkpoint as large as the models.
+        full = super().state_dict(*args, **kwargs)
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        return {k: v for k, v in full.items() if k in keep}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["xares_config"] = self.config
+
+    # ------------------------------------------------------------------ evaluation
+    def on_test_epoch_start(self) -> None:
+        self._rows = defaultdict(list)
+        self.results = []
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        predictions = self.model.generate(batch["audio"], batch["audio_mask"], batch["prompts"])
+        for key, task, prompt, prediction, refs in zip(
+            batch["keys"], batch["tasks"], batch["prompts"], predictions, batch["references"]
+        ):
+            self._rows[task].append(
+                {"key": key, "prompt": prompt, "prediction": prediction, "references": refs}
+            )
+
+    def _gathered_rows(self) -> dict[str, list[dict[str, Any]]]:
+        rows = dict(self._rows)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, rows)
+            rows = defaultdict(list)
+            for part in parts:
+                for task, items in part.items():
+                    rows[task].extend(items)
+        # Deterministic order whatever the number of workers or ranks.
+        return {task: sorted(items, key=lambda r: r["key"]) for task, items in rows.items()}
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._gathered_rows()
+        results = []
+        for name, spec in self.eval_sets.items():
+            items = rows.get(name, [])
+            metric_name = spec.get("metric", "Accuracy")
+            result = {
+                "task": name,
+                "metric": metric_name,
+                "weight": float(spec.get("weight", 1.0)),
+                "chance": spec.get("chance"),
+                "track": spec.get("track"),
+                "clips": len(items),
+                "rows": items,
+                "score": float("nan"),
+                "note": "",
+            }
+            # Several references: one scored pair per reference, as the protocol scores them.
+            predictions = [r["prediction"] for r in items for _ in r["references"]]
+            references = [ref for r in items for ref in r["references"]]
+            if not predictions:
+                result["note"] = "no test samples"
+                log.warning("%s: no test samples were scored", name)
+            else:
+                try:
+                    metric = build_metric(metric_name, spec.get("metric_args") or {})
+                    result["score"] = float(metric(predictions, references))
+                except MetricUnavailableError as error:
+                    result["note"] = f"unavailable: {error}"
+                    log.error("%s: %s", name, error)
+            if not math.isnan(result["score"]):
+                self.log(f"test/{name}/{metric_name}", result["score"], rank_zero_only=True)
+            results.append(result)
+        self.results = results
