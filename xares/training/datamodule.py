@@ -93,8 +93,11 @@ class TaskDataModule(pl.LightningDataModule):
         return {k: dict(v) for k, v in (self.task.get("eval") or {}).items() if v is not None}
 
     def prepare_data(self) -> None:
-        # Rank 0 fetches everything once; setup() on every rank then only reads the cache.
-        self._resolve(stage=None, download=self.download)
+        # Rank 0 fetches what this run needs once; setup() on every rank then reads the cache.
+        stage = None
+        if self.trainer is not None:
+            stage = "fit" if self.trainer.state.fn == "fit" else "test"
+        self._resolve(stage=stage, download=self.download)
 
     def setup(self, stage: str | None = None) -> None:
         self._resolve(stage, download=self.download)

@@ -1,0 +1,894 @@
+"""The mini suite: a generated, offline benchmark in the challenge's shard format.
+
+Nine tasks mirror the kinds of tasks in the two challenge tracks. Every clip is
+synthesised from a seed (speech with eSpeak NG, everything else with numpy), mixed
+with background noise at a random SNR and passed through a random synthetic room,
+then written as WebDataset tar shards: ``<root>/<task>/<split>/<task>_<split>_NNNNNN.tar``
+holding ``<key>.flac`` (16 kHz mono, 16-bit) and ``<key>.json`` (the label fields).
+
+Train and test differ in content, so scores measure generalisation rather than
+recall: test speech uses voice variants never heard in training, and speaking rates
+(and pitches, outside the ``voice`` task whose classes are pitch bands) from a band
+held out of training; test sentences for ``transcription`` come from a fixed quarter
+of the grammar's sentences that training never uses; every noise, room and synthesis
+parameter is an independent draw. Classification labels are balanced within each
+split, and a smaller suite is a prefix of a larger one with the same seed.
+
+| task | like | label key | classes | metric | chance |
+|---|---|---|---|---|---|
+| keywords | Speech Commands | ``label`` | yes, no, up, down, left, right, on, off, stop, go | Accuracy | 0.100 |
+| language | VoxLingua107 | ``label`` | english, german, french, spanish, italian, polish | Accuracy | 0.167 |
+| speakercount | LibriCount | ``num_speakers`` | 1, 2, 3, 4 (overlapping talkers) | Accuracy | 0.250 |
+| voice | speaker / gender | ``label`` | male low, male high, female low, female high | Accuracy | 0.250 |
+| soundevents | ESC-50 | ``label`` | siren, dog bark, engine, rain, alarm, bell, bird chirp, clapping, water drops, knocking | Accuracy | 0.100 |
+| instrument | NSynth | ``instrument_family_str`` | flute, reed, brass, guitar, mallet, organ, keyboard | Accuracy | 0.143 |
+| multilabel | FSD50K | ``labels`` | 1-3 of the sound event classes, ``;``-joined, sorted | mAP | ~0.20 |
+| transcription | LibriSpeech | ``text`` | open: "the <adj> <noun> <verb> the <noun> [<adverb>]", 43 words | iWER | ~0.29 |
+| captioning | Clotho | ``caption`` | open: event + background + loudness, 3 references | TokenF1 | ~0.27 |
+
+Chance levels: 1 / number of classes for the single-label tasks. For ``multilabel``
+it is the mean label prevalence (a clip holds 2 of 10 classes on average, and the
+average precision of answers that ignore the audio equals the prevalence). For the
+open tasks it is the expected score of a random sentence (caption) drawn from the
+same grammar, scored against a random clip's reference(s): word-level iWER for
+``transcription`` and bag-of-words token F1 averaged over the references for
+``captioning`` (see :func:`estimate_text_chance`). These are what a system that
+learned the answer format but not the audio would get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import sounds
+from .speech import SAMPLE_RATE, Voice, synthesize
+
+GENERATOR_VERSION = 1
+SAMPLES_PER_SHARD = 200
+SPLITS = ("train", "test")
+MAX_SECONDS = 4.0
+
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"train": 16, "test": 8},
+    "default": {"train": 320, "test": 64},
+}
+
+# --------------------------------------------------------------------------- voices
+
+ENGLISH_ACCENTS = ("en-us", "en", "en-029")
+MALE = {
+    "train": ("m1", "m2", "m3", "m4", "m6", "antonio", "travis", "victor"),
+    "test": ("m5", "m7", "michel", "Denis"),
+}
+FEMALE = {
+    "train": ("f1", "f2", "f3", "belinda", "steph", "Andrea"),
+    "test": ("f4", "f5", "linda", "anika"),
+}
+# eSpeak pitch / rate: the test split speaks from the middle band, never heard in training.
+PITCH_BANDS = {"train": ((20, 42), (58, 80)), "test": ((42, 58),)}
+RATE_BANDS = {"train": ((135, 160), (185, 210)), "test": ((160, 185),)}
+
+
+def _from_bands(rng: np.random.Generator, bands) -> int:
+    lo, hi = bands[int(rng.integers(len(bands)))]
+    return int(rng.integers(lo, hi + 1))
+
+
+def _variant(rng: np.random.Generator, split: str, gender: str | None = None) -> str:
+    gender = gender or ("male" if rng.random() < 0.5 else "female")
+    pool = (MALE if gender == "male" else FEMALE)[split]
+    return str(pool[int(rng.integers(len(pool)))])
+
+
+def _voice(
+    rng: np.random.Generator,
+    split: str,
+    language: str | None = None,
+    variant: str | None = None,
+    pitch: int | None = None,
+) -> Voice:
+    return Voice(
+        language=language if language is not None else str(rng.choice(ENGLISH_ACCENTS)),
+        variant=variant if variant is not None else _variant(rng, split),
+        rate=_from_bands(rng, RATE_BANDS[split]),
+        pitch=pitch if pitch is not None else _from_bands(rng, PITCH_BANDS[split]),
+        pitch_range=int(rng.integers(35, 75)),
+    )
+
+
+# --------------------------------------------------------------------------- text
+
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+LANGUAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "english": (
+        "en-us",
+        tuple(
+            "the house is very big and weather good today we have a small dog my friend "
+            "likes water in morning evening city green tree where there time people "
+            "always never".split()
+        ),
+    ),
+    "german": (
+        "de",
+        tuple(
+            "das haus ist sehr groß und wetter gut heute wir haben einen kleinen hund mein "
+            "freund mag wasser am morgen abend stadt grün baum wo dort zeit leute immer "
+            "nie".split()
+        ),
+    ),
+    "french": (
+        "fr",
+        tuple(
+            "la maison est très grande et le temps beau aujourd'hui nous avons un petit "
+            "chien mon ami aime l'eau matin soir ville vert arbre où là gens toujours "
+            "jamais bonjour".split()
+        ),
+    ),
+    "spanish": (
+        "es",
+        tuple(
+            "la casa es muy grande y el tiempo bueno hoy nosotros tenemos un perro pequeño "
+            "mi amigo le gusta agua mañana noche ciudad verde árbol dónde allí gente "
+            "siempre nunca".split()
+        ),
+    ),
+    "italian": (
+        "it",
+        tuple(
+            "la casa è molto grande e il tempo bello oggi noi abbiamo un piccolo cane mio "
+            "amico ama acqua mattina sera città verde albero dove gente sempre mai "
+            "ragazzo giorno".split()
+        ),
+    ),
+    "polish": (
+        "pl",
+        tuple(
+            "dom jest bardzo duży i pogoda dobra dzisiaj my mamy małego psa mój przyjaciel "
+            "lubi wodę rano wieczorem miasto zielone drzewo gdzie tam czas ludzie zawsze "
+            "nigdy szczęście trzy".split()
+        ),
+    ),
+}
+
+ADJECTIVES = ("red", "big", "small", "old", "young", "happy", "green", "dark", "tall", "little")
+NOUNS = (
+    "dog",
+    "cat",
+    "bird",
+    "man",
+    "woman",
+    "child",
+    "farmer",
+    "teacher",
+    "horse",
+    "fish",
+    "boy",
+    "girl",
+    "king",
+    "doctor",
+)
+VERBS = (
+    "saw",
+    "found",
+    "liked",
+    "helped",
+    "followed",
+    "called",
+    "watched",
+    "fed",
+    "pushed",
+    "carried",
+    "chased",
+    "heard",
+)
+ADVERBS = ("today", "again", "slowly", "quickly", "yesterday", "twice")
+TEMPLATES = (
+    ("the", "A", "N", "V", "the", "N"),
+    ("the", "N", "V", "the", "A", "N"),
+    ("the", "A", "N", "V", "the", "A", "N"),
+    ("the", "N", "V", "the", "N", "R"),
+    ("the", "A", "N", "V", "the", "N", "R"),
+)
+_SLOTS = {"A": ADJECTIVES, "N": NOUNS, "V": VERBS, "R": ADVERBS}
+
+
+def _random_sentence(rng: np.random.Generator) -> str:
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    words = [w if w not in _SLOTS else str(rng.choice(_SLOTS[w])) for w in template]
+    return " ".join(words)
+
+
+def sentence_split(sentence: str) -> str:
+    """Which split a grammar sentence belongs to (a fixed hash partition, 3:1)."""
+    return "test" if zlib.crc32(sentence.encode()) % 4 == 0 else "train"
+
+
+def _sentence(rng: np.random.Generator, split: str) -> str:
+    while True:
+        s = _random_sentence(rng)
+        if sentence_split(s) == split:
+            return s
+
+
+# --------------------------------------------------------------------------- captions
+
+CAPTION_EVENTS: dict[str, tuple[str, str, str]] = {
+    # class: (subject, verb, gerund)
+    "siren": ("a siren", "wails", "wailing"),
+    "dog bark": ("a dog", "barks", "barking"),
+    "engine": ("an engine", "runs", "running"),
+    "alarm": ("an alarm", "beeps", "beeping"),
+    "bell": ("a bell", "rings", "ringing"),
+    "bird chirp": ("a bird", "chirps", "chirping"),
+    "clapping": ("someone", "claps", "clapping"),
+    "water drops": ("water", "drips", "dripping"),
+    "knocking": ("someone", "knocks", "knocking"),
+}
+CAPTION_BACKGROUNDS: dict[str, tuple[str, str]] = {
+    # background: (clause, noun phrase)
+    "rain": ("rain falls", "rain"),
+    "wind": ("wind blows", "wind"),
+    "traffic": ("traffic passes", "traffic"),
+    "crowd": ("people talk", "people talking"),
+}
+# Event level relative to the background, in dB.
+CAPTION_LOUDNESS = {"loudly": (8.0, 16.0), "softly": (-5.0, 1.0)}
+
+
+def caption_references(event: str, background: str, loudness: str) -> list[str]:
+    subject, verb, gerund = CAPTION_EVENTS[event]
+    clause, noun = CAPTION_BACKGROUNDS[background]
+    return [
+        f"{subject} {verb} {loudness} while {clause}",
+        f"{clause} as {subject} {verb} {loudness}",
+        f"{subject} {gerund} {loudness} with {noun} in the background",
+    ]
+
+
+# --------------------------------------------------------------------------- clip helpers
+
+
+def _noise_bed(rng: np.random.Generator, n: int) -> np.ndarray:
+    duration = n / SAMPLE_RATE
+    # No traffic bed: its low hum would pass for the "engine" class.
+    kind = str(rng.choice(["white", "pink", "brown", "wind"]))
+    if kind == "wind":
+        return sounds.fit_length(sounds.wind(rng, duration), n)
+    return sounds.fit_length(sounds.coloured_noise(rng, duration, kind), n)
+
+
+def _finish(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    snr: tuple[float, float],
+    reverb_prob: float = 0.7,
+) -> np.ndarray:
+    """Room, background noise and a random playback level."""
+    x = x.astype(np.float32)
+    if rng.random() < reverb_prob:
+        x = sounds.reverb(rng, x)
+    x = sounds.mix_at_snr(x, _noise_bed(rng, x.size), rng.uniform(*snr))
+    peak = float(np.max(np.abs(x))) + 1e-9
+    return (x * (rng.uniform(0.3, 0.9) / peak)).astype(np.float32)
+
+
+def _pad_clip(rng: np.random.Generator, x: np.ndarray, min_seconds: float) -> np.ndarray:
+    """Place ``x`` at a random offset in a clip of at least ``min_seconds``."""
+    lead = int(rng.uniform(0.05, 0.3) * SAMPLE_RATE)
+    tail = int(rng.uniform(0.05, 0.3) * SAMPLE_RATE)
+    n = max(int(min_seconds * SAMPLE_RATE), x.size + lead + tail)
+    n = min(n, int(MAX_SECONDS * SAMPLE_RATE))
+    spare = max(0, n - x.size)
+    start = int(rng.integers(0, spare + 1)) if x.size + lead + tail <= n else min(lead, spare)
+    out = np.zeros(n, dtype=np.float32)
+    sounds.place(out, x, start)
+    return out
+
+
+def _speak(text: str, voice: Voice, max_seconds: float = MAX_SECONDS - 0.3) -> np.ndarray:
+    """Speech at a fixed RMS; sped up if needed so a clip never cuts off its label."""
+    x = synthesize(text, voice)
+    while x.size > max_seconds * SAMPLE_RATE and voice.rate < 400:
+        voice = dataclasses.replace(voice, rate=int(voice.rate * 1.25))
+        x = synthesize(text, voice)
+    return x / (sounds.rms(x) + 1e-9) * 0.1
+
+
+# --------------------------------------------------------------------------- tasks
+
+Sample = tuple[np.ndarray, dict[str, Any]]
+
+
+def _keywords(rng, split, label) -> Sample:
+    voice = _voice(rng, split)
+    x = _pad_clip(rng, _speak(label, voice), 1.0)
+    return _finish(rng, x, (8, 30)), {"label": label}
+
+
+def _language(rng, split, label) -> Sample:
+    code, words = LANGUAGES[label]
+    if label == "english":
+        code = str(rng.choice(ENGLISH_ACCENTS))
+    phrase = " ".join(str(w) for w in rng.choice(words, int(rng.integers(4, 7))))
+    x = _pad_clip(rng, _speak(phrase, _voice(rng, split, language=code)), 1.5)
+    return _finish(rng, x, (10, 30)), {"label": label, "phrase": phrase}
+
+
+def _speakercount(rng, split, label) -> Sample:
+    count = int(label)
+    n = int(3.0 * SAMPLE_RATE)
+    canvas = np.zeros(n, dtype=np.float32)
+    variants: list[str] = []
+    for i in range(count):
+        # Alternate genders and never repeat a variant, so every talker is distinct.
+        gender = ("male", "female")[(i + int(rng.integers(2))) % 2]
+        while (v := _variant(rng, split, gender)) in variants:
+            pass
+        variants.append(v)
+        speech = _speak(_random_sentence(rng), _voice(rng, split, variant=v))
+        speech = speech[: n - int(0.2 * SAMPLE_RATE)]
+        start = int(rng.integers(0, n - speech.size + 1))
+        sounds.place(canvas, speech, start, gain=10 ** (rng.uniform(-3, 3) / 20))
+    return _finish(rng, canvas, (12, 30)), {"num_speakers": label}
+
+
+VOICE_CLASSES = ("male low", "male high", "female low", "female high")
+VOICE_PITCH = {"low": (0, 25), "high": (75, 100)}
+
+
+def _voice_task(rng, split, label) -> Sample:
+    gender, band = label.split()
+    variant = _variant(rng, split, gender)
+    lo, hi = VOICE_PITCH[band]
+    voice = _voice(rng, split, variant=variant, pitch=int(rng.integers(lo, hi + 1)))
+    x = _pad_clip(rng, _speak(_random_sentence(rng), voice), 1.5)
+    return _finish(rng, x, (12, 30)), {"label": label, "variant": variant, "pitch": voice.pitch}
+
+
+def _soundevents(rng, split, label) -> Sample:
+    duration = rng.uniform(1.2, 2.0)
+    x = sounds.SOUND_EVENTS[label](rng, duration)
+    x = _pad_clip(rng, x, 2.0)
+    return _finish(rng, x, (6, 30)), {"label": label}
+
+
+def _instrument(rng, split, label) -> Sample:
+    pitch = int(rng.integers(45, 82))
+    x = sounds.instrument_note(rng, label, pitch, rng.uniform(1.0, 1.6))
+    x = _pad_clip(rng, x, 1.2)
+    return _finish(rng, x, (20, 40), reverb_prob=0.5), {
+        "instrument_family_str": label,
+        "pitch": pitch,
+    }
+
+
+def _multilabel(rng, split, label) -> Sample:
+    classes = list(sounds.SOUND_EVENTS)
+    k = int(rng.integers(1, 4))
+    chosen = sorted(str(c) for c in rng.choice(classes, k, replace=False))
+    n = int(3.0 * SAMPLE_RATE)
+    canvas = np.zeros(n, dtype=np.float32)
+    for name in chosen:
+        dur = rng.uniform(1.0, 2.5)
+        x = sounds.SOUND_EVENTS[name](rng, dur)
+        x = x / (sounds.rms(x) + 1e-9) * 0.1
+        start = int(rng.integers(0, max(1, n - x.size)))
+        sounds.place(canvas, x, start, gain=10 ** (rng.uniform(-4, 4) / 20))
+    return _finish(rng, canvas, (10, 30)), {"labels": ";".join(chosen)}
+
+
+def _transcription(rng, split, label) -> Sample:
+    text = _sentence(rng, split)
+    x = _pad_clip(rng, _speak(text, _voice(rng, split)), 1.5)
+    return _finish(rng, x, (15, 35), reverb_prob=0.5), {"text": text}
+
+
+def _captioning(rng, split, label) -> Sample:
+    event = str(rng.choice(list(CAPTION_EVENTS)))
+    background = str(rng.choice(list(CAPTION_BACKGROUNDS)))
+    loudness = str(rng.choice(list(CAPTION_LOUDNESS)))
+    n = int(rng.uniform(3.0, 3.5) * SAMPLE_RATE)
+    duration = n / SAMPLE_RATE
+    if background == "crowd":
+        bed = np.zeros(n, dtype=np.float32)
+        for _ in range(2):
+            babble = _speak(_random_sentence(rng), _voice(rng, split))[:n]
+            sounds.place(bed, babble, int(rng.integers(0, n - babble.size + 1)))
+    else:
+        bed = sounds.fit_length(sounds.BACKGROUNDS[background](rng, duration), n)
+    event_audio = sounds.SOUND_EVENTS[event](rng, rng.uniform(1.5, duration - 0.3))
+    canvas = np.zeros(n, dtype=np.float32)
+    sounds.place(canvas, event_audio, int(rng.integers(0, n - event_audio.size + 1)))
+    # The loudness word describes the event against the background, so the
+    # background is scaled relative to the event's level while it sounds.
+    active = np.abs(canvas) > 1e-4
+    level = sounds.rms(canvas[active]) if active.any() else 1.0
+    gain_db = rng.uniform(*CAPTION_LOUDNESS[loudness])
+    bed = bed / (sounds.rms(bed) + 1e-9) * level * 10 ** (-gain_db / 20)
+    x = _finish(rng, canvas + bed, (25, 40))
+    meta = {
+        "caption": caption_references(event, background, loudness),
+        "event": event,
+        "background": background,
+        "loudness": loudness,
+    }
+    return x, meta
+
+
+@dataclass(frozen=True)
+class MiniTask:
+    name: str
+    like: str
+    label_key: str
+    prompt: str
+    metric: str
+    classes: tuple[str, ...] | None
+    chance: float
+    make: Callable[[np.random.Generator, str, str | None], Sample]
+    # Classification tasks get a balanced label sequence decided up front.
+    balanced: bool = True
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "classes": list(self.classes) if self.classes is not None else None,
+            "chance": self.chance,
+            "metric": self.metric,
+            "label_key": self.label_key,
+            "prompt": self.prompt,
+            "like": self.like,
+        }
+
+
+_TASK_LIST = (
+    MiniTask(
+        "keywords",
+        "Speech Commands",
+        "label",
+        "Which keyword is spoken?",
+        "Accuracy",
+        KEYWORDS,
+        1 / len(KEYWORDS),
+        _keywords,
+    ),
+    MiniTask(
+        "language",
+        "VoxLingua107",
+        "label",
+        "Classify the language.",
+        "Accuracy",
+        tuple(LANGUAGES),
+        1 / len(LANGUAGES),
+        _language,
+    ),
+    MiniTask(
+        "speakercount",
+        "LibriCount",
+        "num_speakers",
+        "Count the amount of speakers.",
+        "Accuracy",
+        ("1", "2", "3", "4"),
+        0.25,
+        _speakercount,
+    ),
+    MiniTask(
+        "voice",
+        "VoxCeleb gender / speaker",
+        "label",
+        "Describe the voice.",
+        "Accuracy",
+        VOICE_CLASSES,
+        1 / len(VOICE_CLASSES),
+        _voice_task,
+    ),
+    MiniTask(
+        "soundevents",
+        "ESC-50",
+        "label",
+        "Classify the sound event.",
+        "Accuracy",
+        tuple(sounds.SOUND_EVENTS),
+        1 / len(sounds.SOUND_EVENTS),
+        _soundevents,
+    ),
+    MiniTask(
+        "instrument",
+        "NSynth",
+        "instrument_family_str",
+        "Classify the music instrument.",
+        "Accuracy",
+        tuple(sounds.INSTRUMENTS),
+        1 / len(sounds.INSTRUMENTS),
+        _instrument,
+    ),
+    MiniTask(
+        "multilabel",
+        "FSD50K",
+        "labels",
+        "List the sound events.",
+        "mAP",
+        tuple(sounds.SOUND_EVENTS),
+        0.2,
+        _multilabel,
+        balanced=False,
+    ),
+    MiniTask(
+        "transcription",
+        "LibriSpeech",
+        "text",
+        "Transcribe the English speech into text.",
+        "iWER",
+        None,
+        0.29,
+        _transcription,
+        balanced=False,
+    ),
+    MiniTask(
+        "captioning",
+        "Clotho",
+        "caption",
+        "Generate a short caption for the audio.",
+        "TokenF1",
+        None,
+        0.27,
+        _captioning,
+        balanced=False,
+    ),
+)
+
+TASKS: dict[str, MiniTask] = {t.name: t for t in _TASK_LIST}
+MINI_TASKS: dict[str, dict[str, Any]] = {t.name: t.info() for t in _TASK_LIST}
+
+
+# --------------------------------------------------------------------------- chance
+
+
+def _wer(ref: list[str], hyp: list[str]) -> float:
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(ref))
+
+
+def _token_f1(ref: str, hyp: str) -> float:
+    from collections import Counter
+
+    r, h = Counter(ref.split()), Counter(hyp.split())
+    common = sum((r & h).values())
+    if common == 0:
+        return 0.0
+    p, q = common / sum(h.values()), common / sum(r.values())
+    return 2 * p * q / (p + q)
+
+
+def estimate_text_chance(task: str, trials: int = 4000, seed: int = 0) -> float:
+    """Monte-Carlo score of answers drawn from the task's grammar, ignoring the audio."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(trials):
+        if task == "transcription":
+            ref, hyp = _random_sentence(rng).split(), _random_sentence(rng).split()
+            total += max(0.0, 1.0 - _wer(ref, hyp))
+        elif task == "captioning":
+
+            def draw():
+                return (
+                    str(rng.choice(list(CAPTION_EVENTS))),
+                    str(rng.choice(list(CAPTION_BACKGROUNDS))),
+                    str(rng.choice(list(CAPTION_LOUDNESS))),
+                )
+
+            refs = caption_references(*draw())
+            hyp = caption_references(*draw())[int(rng.integers(3))]
+            total += float(np.mean([_token_f1(r, hyp) for r in refs]))
+        else:
+            raise ValueError(f"no text chance estimate for task {task!r}")
+    return total / trials
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def resolve_sizes(size: str | Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """``"tiny"`` / ``"default"`` for every task, or ``{task: {train: n, test: n}}``.
+
+    A mapping may name a subset of the tasks; only those are generated.
+    """
+    if isinstance(size, str):
+        if size not in SIZE_PRESETS:
+            raise ValueError(
+                f"Unknown mini-suite size {size!r}; use one of {sorted(SIZE_PRESETS)} "
+                "or a mapping {task: {train: n, test: n}}."
+            )
+        return {name: dict(SIZE_PRESETS[size]) for name in TASKS}
+    if not isinstance(size, Mapping):
+        raise TypeError(f"size must be a preset name or a mapping, not {type(size).__name__}")
+    out: dict[str, dict[str, int]] = {}
+    for name, counts in size.items():
+        if name not in TASKS:
+            raise ValueError(f"Unknown mini-suite task {name!r}; tasks are {list(TASKS)}.")
+        if not isinstance(counts, Mapping) or set(counts) - set(SPLITS):
+            raise ValueError(f"size[{name!r}] must be a mapping with keys {SPLITS}.")
+        out[str(name)] = {split: int(counts.get(split, 0)) for split in SPLITS}
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+_SPLIT_CODE = {"train": 0, "test": 1}
+
+
+def _task_code(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def _labels(task: MiniTask, split: str, count: int, seed: int) -> list[str | None]:
+    # Each block of len(classes) clips holds every class once, in a shuffled order
+    # drawn per block: labels stay balanced, and a smaller suite is a prefix of a
+    # larger one with the same seed.
+    if not task.balanced or task.classes is None:
+        return [None] * count
+    n_cls = len(task.classes)
+    labels: list[str | None] = []
+    for block in range(-(-count // n_cls)):
+        rng = np.random.default_rng([seed, _task_code(task.name), _SPLIT_CODE[split], 0, block])
+        labels.extend(task.classes[i] for i in rng.permutation(n_cls))
+    return labels[:count]
+
+
+def render_sample(task_name: str, split: str, index: int, label: str | None, seed: int):
+    """One clip as (key, flac bytes, json bytes); a pure function of its arguments."""
+    import soundfile as sf
+
+    task = TASKS[task_name]
+    rng = np.random.default_rng([seed, _task_code(task_name), _SPLIT_CODE[split], 1, index])
+    audio, meta = task.make(rng, split, label)
+    audio = np.clip(np.nan_to_num(audio), -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    meta = {**meta, "task": task_name, "split": split}
+    key = f"{task_name}_{split}_{index:06d}"
+    return key, buf.getvalue(), json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
+
+
+def _render_job(job):
+    return render_sample(*job)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata so the same seed gives byte-identical shards.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 1_700_000_000
+    info.mode = 0o644
+    info.uname = info.gname = "xares"
+    tar.addfile(info, io.BytesIO(data))
+
+
+@dataclass
+class _ShardPlan:
+    task: str
+    split: str
+    path: Path
+    jobs: list[tuple[str, str, int, str | None, int]]
+
+
+def _plan(root: Path, sizes: dict[str, dict[str, int]], seed: int) -> list[_ShardPlan]:
+    plans = []
+    for name, counts in sizes.items():
+        for split in SPLITS:
+            n = counts[split]
+            labels = _labels(TASKS[name], split, n, seed)
+            jobs = [(name, split, i, labels[i], seed) for i in range(n)]
+            for s, start in enumerate(range(0, n, SAMPLES_PER_SHARD)):
+                path = root / name / split / f"{name}_{split}_{s:06d}.tar"
+                plans.append(_ShardPlan(name, split, path, jobs[start : start + SAMPLES_PER_SHARD]))
+    return plans
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    # Worker processes read these at start-up; one BLAS/OpenMP thread each keeps
+    # N workers on N cores instead of N x cores threads fighting.
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _render_all(jobs, workers: int) -> Iterator[tuple[str, bytes, bytes]]:
+    if workers <= 1:
+        for job in jobs:
+            yield _render_job(job)
+        return
+    import multiprocessing as mp
+
+    # spawn: forking a process that may already hold torch / OpenMP threads can deadlock.
+    ctx = mp.get_context("spawn")
+    with _single_threaded_children():
+        pool = ctx.Pool(workers)
+    with pool:
+        yield from pool.imap(_render_job, jobs, chunksize=4)
+
+
+def _write_shards(plans: list[_ShardPlan], workers: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    jobs = [job for plan in plans for job in plan.jobs]
+    results = _render_all(jobs, workers)
+    bar = tqdm(total=len(jobs), desc="mini suite", unit="clip", disable=not progress)
+    tmp: Path | None = None
+    try:
+        for plan in plans:
+            plan.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = plan.path.with_name(plan.path.name + f".tmp{os.getpid()}")
+            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for _ in plan.jobs:
+                    key, flac, meta = next(results)
+                    _add_member(tar, f"{key}.flac", flac)
+                    _add_member(tar, f"{key}.json", meta)
+                    bar.update(1)
+            # The shard only appears under its final name once complete.
+            os.replace(tmp, plan.path)
+            tmp = None
+    finally:
+        bar.close()
+        results.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(root: Path, seed: int, sizes: dict[str, dict[str, int]]) -> bool:
+    manifest = _read_manifest(root / "manifest.json")
+    if not manifest:
+        return False
+    if (
+        manifest.get("generator_version") != GENERATOR_VERSION
+        or manifest.get("seed") != seed
+        or manifest.get("sizes") != sizes
+    ):
+        return False
+    shards = [s for task in manifest.get("tasks", {}).values() for s in task.get("shards", [])]
+    return all((root / s).is_file() for s in shards)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # Several processes (e.g. DDP ranks) may prepare the suite at once: one
+    # generates, the others wait and then find the manifest current.
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _clear(root: Path) -> None:
+    for name in TASKS:
+        for split in SPLITS:
+            d = root / name / split
+            if d.is_dir():
+                for f in d.iterdir():
+                    if f.suffix == ".tar" or ".tar.tmp" in f.name:
+                        f.unlink()
+        with contextlib.suppress(OSError):
+            for split in SPLITS:
+                (root / name / split).rmdir()
+            (root / name).rmdir()
+
+
+def ensure_mini_suite(
+    root: str | os.PathLike,
+    seed: int = 0,
+    size: str | Mapping[str, Any] = "default",
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Make sure the mini suite for ``seed`` and ``size`` exists under ``root``.
+
+    Returns ``root`` immediately when its ``manifest.json`` matches (generator
+    version, seed, sizes) and every listed shard is present; otherwise deletes any
+    old shards and generates the suite. ``workers`` > 1 renders clips in that many
+    processes; the output does not depend on it.
+    """
+    root = Path(root)
+    sizes = resolve_sizes(size)
+    seed = int(seed)
+    if _is_current(root, seed, sizes):
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / ".lock"):
+        if _is_current(root, seed, sizes):
+            return root
+        with contextlib.suppress(FileNotFoundError):
+            (root / "manifest.json").unlink()
+        _clear(root)
+        plans = _plan(root, sizes, seed)
+        start = time.perf_counter()
+        _write_shards(plans, max(1, int(workers)), progress)
+        tasks: dict[str, Any] = {}
+        for plan in plans:
+            entry = tasks.setdefault(plan.task, {"counts": dict.fromkeys(SPLITS, 0), "shards": []})
+            entry["counts"][plan.split] += len(plan.jobs)
+            entry["shards"].append(plan.path.relative_to(root).as_posix())
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "sizes": sizes,
+            "sample_rate": SAMPLE_RATE,
+            "tasks": tasks,
+        }
+        tmp = root / f"manifest.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, root / "manifest.json")
+        if progress:
+            elapsed = time.perf_counter() - start
+            n = sum(len(p.jobs) for p in plans)
+            print(f"mini suite: {n} clips in {elapsed:.1f} s -> {root}")
+    return root
+
+
+def remove_mini_suite(root: str | os.PathLike) -> None:
+    """Delete a generated suite (shards, manifest, lock)."""
+    root = Path(root)
+    _clear(root)
+    for name in ("manifest.json", ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            (root / name).unlink()
+    with contextlib.suppress(OSError):
+        root.rmdir()
+
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "MINI_TASKS",
+    "SIZE_PRESETS",
+    "TASKS",
+    "MiniTask",
+    "caption_references",
+    "ensure_mini_suite",
+    "estimate_text_chance",
+    "remove_mini_suite",
+    "render_sample",
+    "resolve_sizes",
+    "sentence_split",
+]

@@ -1,0 +1,132 @@
+"""The encoder half of OpenAI Whisper (``transformers``), without the fixed 30 s window.
+
+Whisper's encoder was trained on 30 s windows (3000 mel frames, 1500 positions), and
+``transformers``' ``WhisperEncoder.forward`` refuses any other input length. Padding every clip to
+30 s makes a batch of 2 s clips cost as much as 30 s ones, so this module runs the encoder's own
+submodules (``conv1``, ``conv2``, ``embed_positions``, ``layers``, ``layer_norm``) directly on a mel
+spectrogram trimmed to the longest clip of the batch, adds only the first ``N`` positional
+embeddings, and masks padded frames out of attention. Everything is computed per clip as if the
+clip were followed by silence, the way Whisper's feature extractor presents a short clip; a
+clip's features therefore do not depend on the rest of the batch.
+
+``full_window=True`` restores the reference behaviour (every clip padded to 30 s of silence and
+encoded whole, features trimmed afterwards): slower, and exactly what Whisper saw in training.
+Clips longer than 30 s are encoded in consecutive 30 s windows, as Whisper's own long-form
+transcription does, and the frames concatenated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xares.encoders.contract import mask_from_lengths
+from xares.encoders.hf import (
+    audio_lengths,
+    check_loading_info,
+    join_pieces,
+    pad_rows,
+    real_rows,
+    split_rows,
+)
+
+
+class WhisperEncoder(nn.Module):
+    """Whisper encoder features: 50 frames per second, ``d_model`` wide (512 for whisper-base)."""
+
+    def __init__(
+        self,
+        name_or_path: str = "openai/whisper-base",
+        full_window: bool = False,
+        sample_rate: int = 16000,
+        attn_implementation: str | None = None,
+    ):
+        super().__init__()
+        from transformers import WhisperFeatureExtractor, WhisperModel
+
+        # The padding mask below is additive, which every attention kernel accepts.
+        options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model, info = WhisperModel.from_pretrained(
+            name_or_path, output_loading_info=True, **options
+        )
+        check_loading_info(info, name_or_path, prefix="encoder.")
+        self.encoder = model.get_encoder()
+        del model  # the decoder is never used; let it be freed
+        self.encoder.eval()
+        extractor = WhisperFeatureExtractor.from_pretrained(name_or_path)
+        if sample_rate != extractor.sampling_rate:
+            raise ValueError(
+                f"{name_or_path} expects {extractor.sampling_rate} Hz audio, got {sample_rate}"
+            )
+        self.n_fft = int(extractor.n_fft)
+        self.hop = int(extractor.hop_length)
+        filters = torch.as_tensor(extractor.mel_filters, dtype=torch.float32).T
+        self.register_buffer("mel_filters", filters, persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        stride = self.encoder.conv1.stride[0] * self.encoder.conv2.stride[0]
+        self.max_mel_frames = int(self.encoder.config.max_source_positions) * stride
+        self.window_samples = self.max_mel_frames * self.hop
+        self.full_window = full_window
+        self.output_dim = int(self.encoder.config.d_model)
+
+    def log_mel(self, batch: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Whisper's log-mel (``[N, n_mels, F]``) of zero-padded rows, clamped per clip.
+
+        The floor 8 decades below each clip's loudest bin is taken over that clip's real frames.
+        ``n_fft // 2`` extra zeros make the last frames of every row, the longest included, see
+        silence after the clip rather than a reflection of it.
+        """
+        width = int(frames.max())
+        padded = nn.functional.pad(batch, (0, self.n_fft // 2))
+        spec = torch.stft(
+            padded, self.n_fft, self.hop, window=self.window, center=True, return_complex=True
+        )
+        power = spec[..., :width].abs() ** 2
+        log_spec = (self.mel_filters @ power).clamp_min(1e-10).log10()
+        valid = mask_from_lengths(frames, width).bool()[:, None, :]
+        top = log_spec.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, top - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+    def encode_mel(
+        self, mel: torch.Tensor, frames: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder on ``mel`` (``frames[n]`` real) and return states and their counts."""
+        encoder = self.encoder
+        masked = not self.full_window
+        keep = mask_from_lengths(frames, mel.shape[-1]).to(mel.dtype)[:, None, :]
+        # Zeroing beyond each clip's end matches the zero padding the convolutions would apply to
+        # the clip alone, so a clip's last frames see the same input in any batch.
+        if masked:
+            mel = mel * keep
+        hidden = nn.functional.gelu(encoder.conv1(mel))
+        if masked:
+            hidden = hidden * keep
+        hidden = nn.functional.gelu(encoder.conv2(hidden)).transpose(1, 2)
+        out_frames = torch.div(frames + 1, 2, rounding_mode="floor").clamp_min(1)
+        steps = hidden.shape[1]
+        hidden = hidden + encoder.embed_positions.weight[:steps].to(hidden.dtype)
+        attention = None
+        if masked:
+            valid = mask_from_lengths(out_frames, steps).bool()[:, None, None, :]
+            attention = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
+            attention = attention.masked_fill(~valid, torch.finfo(hidden.dtype).min)
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention)
+        return encoder.layer_norm(hidden), out_frames
+
+    def forward(self, audio: torch.Tensor, audio_attention_mask: torch.Tensor | None = None):
+        lengths = audio_lengths(audio, audio_attention_mask)
+        rows = real_rows(audio, lengths, min_samples=self.hop)
+        pieces, counts = split_rows(rows, self.window_samples)
+        batch, piece_lengths = pad_rows(pieces)
+        frames = torch.div(piece_lengths, self.hop, rounding_mode="floor").clamp_min(1)
+        with torch.autocast(batch.device.type, enabled=False):
+            if self.full_window:
+                batch = nn.functional.pad(batch, (0, self.window_samples - batch.shape[1]))
+                full = torch.full_like(frames, self.max_mel_frames)
+                mel = self.log_mel(batch, full)
+            else:
+                mel = self.log_mel(batch, frames)
+        hidden, out_frames = self.encode_mel(mel.to(self.encoder.conv1.weight.dtype), frames)
+        return join_pieces(hidden, out_frames, counts)
