@@ -45,6 +45,12 @@ train: install ## Train + evaluate: make train ENCODER=mel TASK=mini ARGS="train
 sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=mini
 	$(PY) train.py -m encoder=$(ENCODERS) task=$(TASK) $(ARGS)
 
+report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...)
+	$(PY) -m xares.report $(or $(RUNS),outputs)
+
+bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof that xares learns
+	$(PY) experiments/compare_encoders.py --encoders mel,dummy --experiment demo $(if $(ARGS),-- $(ARGS))
+
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -57,4 +63,4 @@ clean: ## Remove caches and run outputs (keeps .venv and xares_data)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install test test-full demo data train sweep lint format clean
+.PHONY: help install test test-full demo data train sweep report bench lint format clean

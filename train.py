@@ -1,3 +1,7 @@
+"""`python train.py ...` from the repository root (see xares/train.py)."""
+
 from xares.train import main
 
-main()
+# The guard matters: worker processes started with "spawn" re-import this file.
+if __name__ == "__main__":
+    main()

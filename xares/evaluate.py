@@ -74,7 +74,6 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
             merged.get("generation", {}), cfg.get("generation") or {}
         )
         merged.seed = cfg.seed
-        merged.run_name = cfg.run_name
     return merged
 
 
@@ -90,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         load_trainable(module, ckpt_path, checkpoint)
         trainer = build_trainer(run_cfg)
         out = output_dir(cfg)
-        summary = evaluate_and_report(trainer, module, datamodule, out)
+        summary = evaluate_and_report(trainer, module, datamodule, out, str(run_cfg.run_name))
         (out / "checkpoint.txt").write_text(str(Path(ckpt_path).resolve()) + "\n")
         return summary
     finally:

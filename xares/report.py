@@ -77,11 +77,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(out + notes)
 
 
-def write_reports(output_dir: str | Path, results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def write_reports(
+    output_dir: str | Path, results: Sequence[Mapping[str, Any]], run_name: str | None = None
+) -> dict[str, Any]:
     """Write the three kinds of score files into ``output_dir`` and return the summary."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
+    if run_name:
+        summary["run_name"] = run_name
     with open(out / "scores.tsv", "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["task", "metric", "score", "weight"])
@@ -117,3 +121,97 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def load_run_scores(run_dir: str | Path) -> dict[str, Any]:
+    """The ``scores.json`` of a run directory, with its encoder and task taken from the run name."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "scores.json").read_text())
+    name = summary.get("run_name") or run_dir.parent.name
+    encoder, _, task = name.partition("__")
+    summary["encoder"], summary["task_name"], summary["run_dir"] = encoder, task, str(run_dir)
+    return summary
+
+
+def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None) -> str:
+    """Side-by-side scores of several runs (one column each), with chance and a difference.
+
+    ``baseline`` names the run (encoder) the first run is compared against in the last column.
+    """
+    names = [r["encoder"] for r in runs]
+    tasks = [t["task"] for t in runs[0]["tasks"]]
+    by_run = [{t["task"]: t for t in r["tasks"]} for r in runs]
+    header = ["task", "metric", "chance", *names]
+    diff = baseline is not None and baseline in names and len(names) > 1
+    if diff:
+        header.append(f"{names[0]} - {baseline}")
+        base_index = names.index(baseline)
+
+    def score(run: Mapping, task: str) -> float:
+        value = run.get(task, {}).get("score")
+        return float("nan") if value is None else float(value)
+
+    lines = []
+    for task in tasks:
+        first = by_run[0][task]
+        row = [
+            task,
+            first["metric"],
+            _fmt(first.get("chance")),
+            *(_fmt(score(r, task)) for r in by_run),
+        ]
+        if diff:
+            row.append(f"{score(by_run[0], task) - score(by_run[base_index], task):+.4f}")
+        lines.append(row)
+    overall = [
+        "overall",
+        "",
+        "",
+        *(_fmt(float(r["overall"]) if r["overall"] is not None else float("nan")) for r in runs),
+    ]
+    if diff:
+        a, b = runs[0]["overall"], runs[base_index]["overall"]
+        overall.append(f"{a - b:+.4f}" if a is not None and b is not None else "n/a")
+    widths = [max(len(row[i]) for row in [header, *lines, overall]) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(overall)])
+
+
+def leaderboard(paths: Sequence[str | Path]) -> str:
+    """One table per task: every run found under ``paths``, best overall score first."""
+    files = []
+    for path in map(Path, paths):
+        files += (
+            [path / "scores.json"]
+            if (path / "scores.json").is_file()
+            else sorted(path.rglob("scores.json"))
+        )
+    if not files:
+        return f"no scores.json under {', '.join(map(str, paths))}"
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for file in files:
+        run = load_run_scores(file.parent)
+        key = ",".join(t["task"] for t in run["tasks"])  # runs are comparable on the same test sets
+        groups.setdefault(key, []).append(run)
+    tables = []
+    for runs in groups.values():
+        runs.sort(key=lambda r: -(r["overall"] if r["overall"] is not None else -1.0))
+        for run in runs:
+            run["encoder"] = f"{run['encoder']} ({Path(run['run_dir']).name})"
+        tables.append(f"task: {runs[0]['task_name']}  ({len(runs)} runs)\n" + compare_table(runs))
+    return "\n\n".join(tables)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Leaderboard of the runs under the given folders.")
+    parser.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders")
+    args = parser.parse_args(argv)
+    print(leaderboard(args.paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

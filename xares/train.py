@@ -27,6 +27,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+# The frozen encoder is in eval mode by design (see AudioLLM.train).
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -101,10 +103,12 @@ def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def evaluate_and_report(trainer: pl.Trainer, module: AudioLLMModule, datamodule, out: Path):
+def evaluate_and_report(
+    trainer: pl.Trainer, module: AudioLLMModule, datamodule, out: Path, run_name: str | None = None
+):
     trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
-        summary = report.write_reports(out, module.results)
+        summary = report.write_reports(out, module.results, run_name=run_name)
         print("\n" + report.format_table(summary) + f"\n\nscores written to {out}/scores.tsv")
         return summary
     return report.summarise(module.results)
@@ -122,17 +126,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            if trainer.is_global_zero and not trainer.fast_dev_run:
-                final = out / "checkpoints" / "last.ckpt"
-                final.parent.mkdir(parents=True, exist_ok=True)
-                trainer.save_checkpoint(final)
+            if not trainer.fast_dev_run:
+                # Every rank must call save_checkpoint (it is collective); rank 0 writes.
+                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         elif ckpt_path:
             from xares.evaluate import load_trainable
 
             load_trainable(module, ckpt_path)
         summary: dict[str, Any] = {}
         if cfg.get("evaluate", True):
-            summary = evaluate_and_report(trainer, module, datamodule, out)
+            summary = evaluate_and_report(trainer, module, datamodule, out, str(cfg.run_name))
         return summary
     finally:
         finish_wandb()

@@ -139,11 +139,17 @@ def read_tar_samples(paths: Sequence[str], skips: SkipCounter) -> Iterator[dict[
     """Raw samples grouped by key from tar shards; a truncated or corrupt tar is a counted skip."""
     import webdataset as wds
 
-    def handler(error: Exception) -> bool:
-        skips.skip("corrupt shard", "-", f"{type(error).__name__}: {error}")
-        return True
-
     for path in paths:
+        # webdataset reports one truncation twice (the member read, then the tar stream): count
+        # a broken shard once per read.
+        errors: list[Exception] = []
+
+        def handler(error: Exception, path: str = path, errors: list = errors) -> bool:
+            if not errors:
+                skips.skip("corrupt shard", path, f"{type(error).__name__}: {error}")
+            errors.append(error)
+            return True
+
         stream = wds.tarfile_to_samples(handler=handler)([{"url": path}])
         yield from stream
 

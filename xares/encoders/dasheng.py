@@ -30,8 +30,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from xares.encoders.chunking import audio_lengths, join_pieces, pad_rows, real_rows, split_rows
 from xares.encoders.contract import mask_from_lengths
-from xares.encoders.hf import audio_lengths, join_pieces, pad_rows, real_rows, split_rows
 
 log = logging.getLogger(__name__)
 

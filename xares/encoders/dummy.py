@@ -18,14 +18,14 @@ class DummyEncoder(nn.Module):
     def __init__(
         self,
         output_dim: int = 64,
-        frame_rate: int = 25,
+        frame_rate: float = 25,
         sample_rate: int = 16000,
         max_frames: int = 1500,
         seed: int = 0,
     ):
         super().__init__()
         self.output_dim = output_dim
-        self.hop = sample_rate // frame_rate
+        self.hop = int(round(sample_rate / frame_rate))
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("table", torch.randn(max_frames, output_dim, generator=generator))
 

@@ -103,5 +103,5 @@ def load_encoder(path: str, kwargs: Mapping[str, Any] | None = None) -> nn.Modul
     except TypeError as error:
         raise EncoderLoadError(
             f"{cls.__name__}(**{kwargs}) failed: {error}. Pass constructor arguments with "
-            "encoder.kwargs.<name>=<value>"
+            "+encoder.kwargs.<name>=<value> (`+`: encoder.kwargs starts empty)"
         ) from error

@@ -34,6 +34,9 @@ class MelEncoder(nn.Module):
             hop_length=self.hop,
             n_mels=n_mels,
             center=True,
+            # Zero (not reflected) edge padding: a clip then gives the same frames alone and
+            # zero-padded inside a batch, so scores do not depend on the eval batch size.
+            pad_mode="constant",
         )
         self.output_dim = n_mels * stack
 
@@ -44,10 +47,12 @@ class MelEncoder(nn.Module):
         mel = self.melspec(audio.float()).clamp_min(1e-10).log().transpose(1, 2)  # [B, F, M]
         frames = torch.div(lengths, self.hop, rounding_mode="floor") + 1
         mel_mask = mask_from_lengths(frames.clamp(max=mel.shape[1]), mel.shape[1]).unsqueeze(-1)
-        # Per-clip normalisation over real frames only, so padding never shifts the statistics.
-        count = mel_mask.sum(1, keepdim=True).clamp_min(1)
-        mean = (mel * mel_mask).sum(1, keepdim=True) / count
-        var = (((mel - mean) * mel_mask) ** 2).sum(1, keepdim=True) / count
+        # One mean and scale per clip, over its real frames and all bins: removes the recording
+        # gain but keeps the spectral envelope (a per-bin normalisation would erase exactly
+        # what tells voices, instruments and sound events apart). Padding never enters it.
+        count = (mel_mask.sum((1, 2), keepdim=True) * mel.shape[-1]).clamp_min(1)
+        mean = (mel * mel_mask).sum((1, 2), keepdim=True) / count
+        var = (((mel - mean) * mel_mask) ** 2).sum((1, 2), keepdim=True) / count
         mel = (mel - mean) / (var.sqrt() + 1e-5) * mel_mask
         pad = (-mel.shape[1]) % self.stack
         mel = nn.functional.pad(mel, (0, 0, 0, pad))

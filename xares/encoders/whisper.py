@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xares.encoders.contract import mask_from_lengths
-from xares.encoders.hf import (
+from xares.encoders.chunking import (
     audio_lengths,
     check_loading_info,
     join_pieces,
@@ -29,6 +28,7 @@ from xares.encoders.hf import (
     real_rows,
     split_rows,
 )
+from xares.encoders.contract import mask_from_lengths
 
 
 class WhisperEncoder(nn.Module):

@@ -63,6 +63,8 @@ class AudioLLM(nn.Module):
         self.generation = dict(generation or {})
         self._mask_warning: dict = {}
         self._token_cache: dict[str, list[int]] = {}
+        # from_pretrained returns decoders in eval mode; training must see LoRA dropout.
+        self.train()
 
     # The encoder stays in eval mode whatever mode the rest of the model is put in.
     def train(self, mode: bool = True):
@@ -159,15 +161,32 @@ class AudioLLM(nn.Module):
         inputs, attention, positions, labels = self._splice(
             audio_embeds, frame_mask, prompts, targets, left_pad=False
         )
-        out = self.decoder(
-            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
+        targets_next = labels[:, 1:]
+        selected = targets_next != IGNORE_INDEX
+        base = (
+            self.decoder.get_base_model()
+            if hasattr(self.decoder, "get_base_model")
+            else self.decoder
         )
-        logits = out.logits[:, :-1].float()
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
+        body = base.get_decoder() if hasattr(base, "get_decoder") else None
+        if body is None or body is base:
+            logits = self.decoder(
+                inputs_embeds=inputs,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+            ).logits[:, :-1][selected]
+        else:
+            # The vocabulary projection is the largest matmul per position; only target
+            # positions need it, so run the body and project just those.
+            hidden = body(
+                inputs_embeds=inputs,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state
+            logits = base.get_output_embeddings()(hidden[:, :-1][selected])
+        return nn.functional.cross_entropy(logits.float(), targets_next[selected])
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

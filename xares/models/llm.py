@@ -75,7 +75,8 @@ def from_config(
     """
     tok = byte_tokenizer() if tokenizer == "bytes" else AutoTokenizer.from_pretrained(tokenizer)
     settings = dict(config)
-    settings["vocab_size"] = len(tok)
+    # A larger vocab_size (e.g. the real model's, for cost benchmarks) keeps unused rows.
+    settings["vocab_size"] = max(int(settings.get("vocab_size") or 0), len(tok))
     settings.setdefault("pad_token_id", tok.pad_token_id)
     settings.setdefault("eos_token_id", tok.eos_token_id)
     settings.setdefault("bos_token_id", tok.bos_token_id)
@@ -145,9 +146,15 @@ def from_gguf(
     model = AutoModelForCausalLM.from_pretrained(
         str(file.parent), gguf_file=file.name, dtype=_dtype(dtype)
     )
-    # The quantisation note would make later loads try to read a GGUF file again.
+    # The weights are plain floats now; dropping the GGUF quantiser marks lets the model be
+    # saved and reloaded like any other checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    for attribute in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
     model, tokenizer = _ensure_pad(model, tokenizer)
     if cached is not None:
         tmp = cached.with_name(cached.name + ".tmp")

