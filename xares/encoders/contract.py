@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 
 import torch
 from torch import nn
@@ -240,16 +239,3 @@ def check_encoder(
                 name, "feature_mask marks every frame of a clip as padding", "mark real frames 1"
             )
     return output_dim
-
-
-def frame_rate(encoder: nn.Module, sample_rate: int = 16000) -> float:
-    """Frames per second, measured on one second of silence (for logs and docs)."""
-    device = next(encoder.parameters(), torch.empty(0)).device
-    with torch.no_grad():
-        out = encoder(torch.zeros(1, sample_rate, device=device), None)
-    features = out if isinstance(out, torch.Tensor) else out[0]
-    return float(features.shape[1])
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
