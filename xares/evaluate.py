@@ -39,15 +39,15 @@ def load_trainable(module: AudioLLMModule, ckpt_path: str, checkpoint: dict | No
     """Load projector + LoRA weights; every trainable tensor must be in the checkpoint."""
     checkpoint = checkpoint or read_checkpoint(ckpt_path)
     state = checkpoint["state_dict"]
-    expected = {f"model.{k}" for k in module.model.trainable_state_dict()}
+    own = module.state_dict()  # already only the trainable tensors (see AudioLLMModule)
+    expected = set(own)
     missing = sorted(expected - set(state))
     if missing:
         raise KeyError(
             f"{ckpt_path} lacks {len(missing)} trainable tensors (e.g. {missing[:3]}); was it "
             "trained with a different encoder, projector or LoRA setting?"
         )
-    shapes = {k: v.shape for k, v in module.state_dict().items()}
-    wrong = [k for k in expected if tuple(state[k].shape) != tuple(shapes[k])]
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(own[k].shape)]
     if wrong:
         raise ValueError(f"{ckpt_path}: shape mismatch for {wrong[:3]}")
     module.load_state_dict({k: state[k] for k in expected}, strict=False)

@@ -46,6 +46,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _render(header: list[str], body: list[list[str]], footer: list[list[str]]) -> str:
+    """Left-aligned columns, a rule under the header and another above the footer rows."""
+    widths = [max(len(row[i]) for row in [header, *body, *footer]) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+
+    def line(row: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+
+    return "\n".join([line(header), rule, *map(line, body), rule, *map(line, footer)])
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
     """A fixed-width table: task, metric, score, weight (and chance level when known)."""
     tasks = summary["tasks"]
@@ -62,19 +73,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
         ]
         for t in tasks
     ]
-    for track, score in summary.get("tracks", {}).items():
-        lines.append([f"mean {track}", "", _fmt(score), "", *([""] if with_chance else []), ""])
-    lines.append(
-        ["overall (weighted)", "", _fmt(summary["overall"]), "", *([""] if with_chance else []), ""]
-    )
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    rule = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), rule]
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines[: len(tasks)]]
-    out.append(rule)
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines[len(tasks) :]]
+    blank = [""] if with_chance else []
+    footer = [
+        [f"mean {track}", "", _fmt(score), "", *blank, ""]
+        for track, score in summary.get("tracks", {}).items()
+    ]
+    footer.append(["overall (weighted)", "", _fmt(summary["overall"]), "", *blank, ""])
     notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
-    return "\n".join(out + notes)
+    return "\n".join([_render(header, lines, footer), *notes])
 
 
 def write_reports(
@@ -172,10 +178,7 @@ def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None
     if diff:
         a, b = runs[0]["overall"], runs[base_index]["overall"]
         overall.append(f"{a - b:+.4f}" if a is not None and b is not None else "n/a")
-    widths = [max(len(row[i]) for row in [header, *lines, overall]) for i in range(len(header))]
-    rule = "  ".join("-" * w for w in widths)
-    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
-    return "\n".join([fmt(header), rule, *map(fmt, lines), rule, fmt(overall)])
+    return _render(header, lines, [overall])
 
 
 def leaderboard(paths: Sequence[str | Path]) -> str:
