@@ -271,6 +271,18 @@ def check_experiment_option(option, cfg, tmp_path):
         assert cfg.run_name == "mel__smoke" and cfg.trainer.max_steps == 120
         assert cfg.llm.decoder._target_ == "xares.models.llm.from_config"
         assert cfg.generation.repetition_penalty == 1.0 and cfg.data.batch_size == 8
+    if option == "demo":
+        assert cfg.run_name == "mel__mini" and cfg.trainer.accelerator == "cpu"
+        assert cfg.llm.decoder._target_ == "xares.models.llm.from_gguf"
+        # The overlay re-weights two datasets; the rest of each entry must survive the merge.
+        train = cfg.task.train
+        assert train.transcription.label_key == "text" and train.transcription.shards
+        assert {name: spec.prob for name, spec in train.items()} == {
+            **{name: 1.0 for name in train},
+            "transcription": 0.5,
+            "captioning": 0.5,
+        }
+        assert cfg.llm.lora.r == 8 and cfg.llm.lora.target_modules == "all-linear"
 
 
 def check_debug_option(option, cfg, tmp_path):

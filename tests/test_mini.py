@@ -91,6 +91,20 @@ def test_speech_languages_and_voices_differ():
 
 
 @requires_espeak
+@pytest.mark.parametrize("language", list(suite.LANGUAGES))
+def test_each_language_reads_its_own_script(language):
+    code, words = suite.LANGUAGES[language]
+    phrase = " ".join(words[:5])
+    audio = synthesize(phrase, Voice(code, "m3"))
+    # Text a voice cannot read comes out as silence or as a few spelled-out symbols.
+    assert audio.size / speech.SAMPLE_RATE > 0.12 * len(phrase.split())
+    assert np.sqrt(np.mean(audio**2)) > 0.01
+    if language != "english":
+        english = synthesize(phrase, Voice("en-us", "m3"))
+        assert english.size != audio.size or not np.allclose(english, audio)
+
+
+@requires_espeak
 def test_unknown_voice_is_a_clear_error():
     with pytest.raises(SpeechError, match="no voice"):
         synthesize("hello", Voice("xx-notalanguage"))
