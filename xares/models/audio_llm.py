@@ -169,22 +169,15 @@ class AudioLLM(nn.Module):
             else self.decoder
         )
         body = base.get_decoder() if hasattr(base, "get_decoder") else None
+        call = dict(
+            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
+        )
         if body is None or body is base:
-            logits = self.decoder(
-                inputs_embeds=inputs,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=False,
-            ).logits[:, :-1][selected]
+            logits = self.decoder(**call).logits[:, :-1][selected]
         else:
             # The vocabulary projection is the largest matmul per position; only target
             # positions need it, so run the body and project just those.
-            hidden = body(
-                inputs_embeds=inputs,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=False,
-            ).last_hidden_state
+            hidden = body(**call).last_hidden_state
             logits = base.get_output_embeddings()(hidden[:, :-1][selected])
         return nn.functional.cross_entropy(logits.float(), targets_next[selected])
 
