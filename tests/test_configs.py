@@ -99,7 +99,7 @@ def check_encoder_option(option, cfg, tmp_path):
         inspect.signature(factory).bind(**params)
         return
     encoder = instantiate(cfg.encoder)
-    assert check_encoder(encoder) == {"mel": 640, "dummy": 64}[option]
+    assert check_encoder(encoder) == {"mel": 1280, "dummy": 64}[option]
 
 
 def check_projector_option(option, cfg, tmp_path):
@@ -283,6 +283,8 @@ def check_experiment_option(option, cfg, tmp_path):
             "captioning": 0.5,
         }
         assert cfg.llm.lora.r == 8 and cfg.llm.lora.target_modules == "all-linear"
+        # Mixed-length batches, trained packed; the protocol default stays padded and sorted.
+        assert cfg.model.pack is True and cfg.data.sort_buffer == cfg.data.batch_size == 4
 
 
 def check_debug_option(option, cfg, tmp_path):

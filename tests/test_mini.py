@@ -354,3 +354,23 @@ def test_labels_are_a_function_of_the_audio(tmp_path):
         dist = ((x_test[:, None] - centroids[None]) ** 2).sum(-1)
         accuracy = float(np.mean(np.array(classes)[dist.argmin(1)] == y_test))
         assert accuracy > 2 * MINI_TASKS[task]["chance"], (task, accuracy)
+
+
+@requires_espeak
+def test_more_talkers_cover_more_of_the_clip():
+    """Speaker count is audible in time as well as timbre: talkers join one after another."""
+    coverage = {}
+    for count in ("1", "2", "3", "4"):
+        fractions = []
+        for index in range(6):
+            rng = np.random.default_rng([7, int(count), index])
+            audio, meta = suite._speakercount(rng, "train", count)
+            assert meta == {"num_speakers": count}
+            assert audio.size == 3 * suite.SAMPLE_RATE
+            # 10 ms frames louder than a tenth of the clip's peak frame count as speech.
+            envelope = np.abs(audio).reshape(-1, 160).max(1)
+            fractions.append(float(np.mean(envelope > 0.1 * envelope.max())))
+        coverage[count] = np.mean(fractions)
+    values = [coverage[c] for c in ("1", "2", "3", "4")]
+    assert all(a < b for a, b in zip(values, values[1:])), coverage
+    assert values[-1] > 2 * values[0], coverage

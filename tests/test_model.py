@@ -167,6 +167,68 @@ def test_splice_without_targets_has_no_labels():
     assert (labels == IGNORE_INDEX).all()
 
 
+def test_packed_training_matches_padded_batches():
+    """One packed row, block-diagonal attention: the same loss and gradients as padding."""
+    generator = torch.Generator().manual_seed(3)
+    clips = [torch.randn(n, generator=generator) * 0.1 for n in (16000, 5000, 11000)]
+    audio, mask = padded(clips)
+    prompts, targets = ["Name it.", "Q?", "Say more."], ["low", "top high", "a b c d"]
+
+    def loss_and_grads(pack: bool):
+        torch.manual_seed(0)
+        model = build(lora={**LORA, "dropout": 0.0})  # dropout masks depend on the layout
+        model.pack = pack
+        with torch.no_grad():  # non-zero LoRA B: the adapted decoder, not the identity
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+        loss = model(audio, mask, prompts, targets)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss, grads
+
+    generator.manual_seed(4)
+    padded_loss, padded_grads = loss_and_grads(False)
+    generator.manual_seed(4)
+    packed_loss, packed_grads = loss_and_grads(True)
+    assert torch.allclose(packed_loss, padded_loss, atol=1e-5)
+    assert set(packed_grads) == set(padded_grads) and len(padded_grads) > 2
+    for name, grad in padded_grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_packed_row_layout_and_isolation():
+    model = build()
+    hidden = TINY["hidden_size"]
+    embeds = torch.randn(2, 5, hidden)
+    frame_mask = torch.tensor([[1] * 5, [1] * 2 + [0] * 3])
+    inputs, attention, positions, labels = model._splice(
+        embeds, frame_mask, ["Hi", "Q?"], ["ab", "c"], left_pad=False, pack=True
+    )
+    lengths = [5 + 2 + 2 + 1, 2 + 2 + 1 + 1]
+    assert attention is None and inputs.shape == (1, sum(lengths), hidden)
+    assert positions[0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert labels.shape == (1, sum(lengths))
+    # The second example's first position (an audio frame) is never a target.
+    assert labels[0, lengths[0]].item() == IGNORE_INDEX
+
+    # Changing one packed example's audio leaves the other example's logits untouched.
+    model.eval()
+    clips = [torch.randn(8000) * 0.1, torch.randn(6000) * 0.1]
+    seen = []
+    hook = model.decoder.get_base_model().lm_head.register_forward_hook(
+        lambda m, args, out: seen.append(out.detach())
+    )
+    model.pack = True
+    for second in (clips[1], torch.randn(6000)):
+        audio, mask = padded([clips[0], second])
+        model(audio, mask, ["Hi", "Q?"], ["ab", "c"])
+    hook.remove()
+    first_targets = 2 + 1  # "ab" + EOS, the first example's rows of the projected logits
+    assert torch.allclose(seen[0][:first_targets], seen[1][:first_targets], atol=1e-6)
+    assert not torch.allclose(seen[0][first_targets:], seen[1][first_targets:])
+
+
 # ---------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def perturbed_model() -> AudioLLM:

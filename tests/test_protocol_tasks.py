@@ -195,7 +195,10 @@ def test_null_prob_becomes_the_share_of_shards(monkeypatch):
 
 
 def test_protocol_decoder_comes_with_a_challenge_task_unless_overridden():
-    assert compose_train("task=task1")[1]["llm"] == PROTOCOL_LLM
+    cfg, choices = compose_train("task=task1")
+    assert choices["llm"] == PROTOCOL_LLM
+    # The protocol's batching: padded, length-sorted within a 128-clip buffer, not packed.
+    assert cfg["model"]["pack"] is False and cfg["data"]["sort_buffer"] == 128
     # The command line wins over the task file's `override /llm`...
     assert compose_train("task=task1", "llm=tiny_random")[1]["llm"] == "tiny_random"
     # ...and so does an experiment (it comes later in the defaults list).

@@ -51,6 +51,7 @@ class AudioLLM(nn.Module):
         tokenizer: Any,
         lora: Mapping[str, Any] | None = None,
         generation: Mapping[str, Any] | None = None,
+        pack: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -61,6 +62,8 @@ class AudioLLM(nn.Module):
         self.decoder = apply_lora(decoder, lora)
         self.tokenizer = tokenizer
         self.generation = dict(generation or {})
+        # Training only: the whole batch as one row, each clip attending only to itself.
+        self.pack = bool(pack)
         self._mask_warning: dict = {}
         self._token_cache: dict[str, list[int]] = {}
         # from_pretrained returns decoders in eval mode; training must see LoRA dropout.
@@ -113,8 +116,13 @@ class AudioLLM(nn.Module):
         prompts: Sequence[str],
         targets: Sequence[str] | None,
         left_pad: bool,
+        pack: bool = False,
     ):
-        """Concatenate each row's real audio frames, prompt and target, then pad the batch."""
+        """Concatenate each row's real audio frames, prompt and target, then pad the batch.
+
+        ``pack=True`` instead returns one row holding every example back to back (no padding,
+        ``attention`` is ``None``, positions restart at each example).
+        """
         device = audio_embeds.device
         eos = self.tokenizer.eos_token_id
         embed = self.embed_tokens
@@ -146,6 +154,12 @@ class AudioLLM(nn.Module):
             attention[row, start : start + length] = 1
             label_out[row, start : start + length] = labels[row]
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        if pack:
+            # Packed rows carry no attention mask: the decoder reads the restarting position
+            # ids as sequence boundaries and attends block-diagonally, so there is no padding
+            # and clips of different lengths (hence different tasks) can share a batch cheaply.
+            real = attention.bool()
+            return inputs[real][None], None, positions[real][None], label_out[real][None]
         return inputs, attention, positions, label_out
 
     # ------------------------------------------------------------------ training
@@ -159,8 +173,10 @@ class AudioLLM(nn.Module):
         """Mean cross-entropy over target tokens (+ EOS) of the batch."""
         audio_embeds, frame_mask = self.encode(audio, audio_mask)
         inputs, attention, positions, labels = self._splice(
-            audio_embeds, frame_mask, prompts, targets, left_pad=False
+            audio_embeds, frame_mask, prompts, targets, left_pad=False, pack=self.pack
         )
+        # Each example starts with audio frames (labelled IGNORE_INDEX), so in a packed row no
+        # position is trained to predict the next example's first token.
         targets_next = labels[:, 1:]
         selected = targets_next != IGNORE_INDEX
         base = (

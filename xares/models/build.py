@@ -33,6 +33,7 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
         tokenizer,
         lora=_plain(cfg.llm.get("lora")),
         generation=_plain(cfg.get("generation")),
+        pack=bool(cfg.get("model", {}).get("pack", False)),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

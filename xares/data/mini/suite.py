@@ -18,7 +18,7 @@ split, and a smaller suite is a prefix of a larger one with the same seed.
 |---|---|---|---|---|---|
 | keywords | Speech Commands | ``label`` | yes, no, up, down, left, right, on, off, stop, go | Accuracy | 0.100 |
 | language | VoxLingua107 | ``label`` | english, mandarin, vietnamese, russian, swahili, hindi | Accuracy | 0.167 |
-| speakercount | LibriCount | ``num_speakers`` | 1, 2, 3, 4 (overlapping talkers) | Accuracy | 0.250 |
+| speakercount | LibriCount | ``num_speakers`` | 1, 2, 3, 4 (talkers joining in turn, overlapping) | Accuracy | 0.250 |
 | voice | speaker / gender | ``label`` | male low, male high, female low, female high | Accuracy | 0.250 |
 | soundevents | ESC-50 | ``label`` | siren, dog bark, engine, rain, alarm, bell, bird chirp, clapping, water drops, knocking | Accuracy | 0.100 |
 | instrument | NSynth | ``instrument_family_str`` | flute, reed, brass, guitar, mallet, organ, keyboard | Accuracy | 0.143 |
@@ -43,6 +43,7 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import tarfile
 import time
 import zlib
@@ -56,7 +57,7 @@ import numpy as np
 from . import sounds
 from .speech import SAMPLE_RATE, Voice, synthesize
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SAMPLES_PER_SHARD = 200
 SPLITS = ("train", "test")
 MAX_SECONDS = 4.0
@@ -331,9 +332,14 @@ def _language(rng, split, label) -> Sample:
 
 
 def _speakercount(rng, split, label) -> Sample:
+    # Talkers join one after another and talk over each other: each says a short phrase and
+    # the next starts before it ends. Full sentences from every talker at once (the first
+    # version) filled the clip whatever the count, so only the mixture's timbre differed and a
+    # short training run never learned it; here more talkers also means more speech and more
+    # overlap, as in a real conversation where people interrupt.
     count = int(label)
     n = int(3.0 * SAMPLE_RATE)
-    canvas = np.zeros(n, dtype=np.float32)
+    phrases: list[np.ndarray] = []
     variants: list[str] = []
     for i in range(count):
         # Alternate genders and never repeat a variant, so every talker is distinct.
@@ -341,10 +347,25 @@ def _speakercount(rng, split, label) -> Sample:
         while (v := _variant(rng, split, gender)) in variants:
             pass
         variants.append(v)
-        speech = _speak(_random_sentence(rng), _voice(rng, split, variant=v))
-        speech = speech[: n - int(0.2 * SAMPLE_RATE)]
-        start = int(rng.integers(0, n - speech.size + 1))
-        sounds.place(canvas, speech, start, gain=10 ** (rng.uniform(-3, 3) / 20))
+        words = _random_sentence(rng).split()[:3]
+        phrases.append(_speak(" ".join(words), _voice(rng, split, variant=v), max_seconds=1.2))
+    starts = [0]
+    for previous in phrases[:-1]:
+        starts.append(starts[-1] + int(previous.size * rng.uniform(0.35, 0.65)))
+    extent = max(s + p.size for s, p in zip(starts, phrases))
+    if extent > n:  # squeeze the entrances (never the phrases) into the clip
+        squeeze = (n - phrases[-1].size) / max(starts[-1], 1)
+        starts = [int(s * min(1.0, squeeze)) for s in starts]
+        extent = max(s + p.size for s, p in zip(starts, phrases))
+    offset = int(rng.integers(0, max(1, n - extent + 1)))
+    canvas = np.zeros(n, dtype=np.float32)
+    for start, speech in zip(starts, phrases):
+        sounds.place(
+            canvas,
+            speech[: n - offset - start],
+            offset + start,
+            gain=10 ** (rng.uniform(-3, 3) / 20),
+        )
     return _finish(rng, canvas, (12, 30)), {"num_speakers": label}
 
 
@@ -741,7 +762,15 @@ def _write_shards(plans: list[_ShardPlan], workers: int, progress: bool) -> None
 
     jobs = [job for plan in plans for job in plan.jobs]
     results = _render_all(jobs, workers)
-    bar = tqdm(total=len(jobs), desc="mini suite", unit="clip", disable=not progress)
+    # Redirected to a log, a bar redraws as new lines: a few a minute there, not hundreds.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=len(jobs),
+        desc="mini suite",
+        unit="clip",
+        disable=not progress,
+        mininterval=0.1 if interactive else 15.0,
+    )
     tmp: Path | None = None
     try:
         for plan in plans:
