@@ -374,3 +374,13 @@ def test_more_talkers_cover_more_of_the_clip():
     values = [coverage[c] for c in ("1", "2", "3", "4")]
     assert all(a < b for a, b in zip(values, values[1:])), coverage
     assert values[-1] > 2 * values[0], coverage
+
+
+@requires_espeak
+def test_keyword_sits_in_the_middle_of_its_second():
+    for index, word in enumerate(suite.KEYWORDS):
+        audio, meta = suite._keywords(np.random.default_rng([11, index]), "test", word)
+        assert meta == {"label": word} and audio.size >= suite.SAMPLE_RATE
+        energy = audio.astype(np.float64) ** 2
+        centre = float((np.arange(audio.size) * energy).sum() / energy.sum())
+        assert abs(centre - audio.size / 2) < 0.15 * suite.SAMPLE_RATE, word

@@ -57,7 +57,7 @@ import numpy as np
 from . import sounds
 from .speech import SAMPLE_RATE, Voice, synthesize
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 SAMPLES_PER_SHARD = 200
 SPLITS = ("train", "test")
 MAX_SECONDS = 4.0
@@ -318,8 +318,14 @@ Sample = tuple[np.ndarray, dict[str, Any]]
 
 def _keywords(rng, split, label) -> Sample:
     voice = _voice(rng, split)
-    x = _pad_clip(rng, _speak(label, voice), 1.0)
-    return _finish(rng, x, (8, 30)), {"label": label}
+    word = _speak(label, voice)
+    # Speech Commands words sit roughly in the middle of their 1 s clips.
+    n = max(SAMPLE_RATE, word.size + int(0.1 * SAMPLE_RATE))
+    x = np.zeros(n, dtype=np.float32)
+    centre = (n - word.size) // 2
+    jitter = int(0.05 * SAMPLE_RATE)
+    sounds.place(x, word, centre + int(rng.integers(-jitter, jitter + 1)))
+    return _finish(rng, x, (15, 35), reverb_prob=0.4), {"label": label}
 
 
 def _language(rng, split, label) -> Sample:
