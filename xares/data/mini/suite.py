@@ -366,12 +366,7 @@ def _speakercount(rng, split, label) -> Sample:
     offset = int(rng.integers(0, max(1, n - extent + 1)))
     canvas = np.zeros(n, dtype=np.float32)
     for start, speech in zip(starts, phrases):
-        sounds.place(
-            canvas,
-            speech[: n - offset - start],
-            offset + start,
-            gain=10 ** (rng.uniform(-3, 3) / 20),
-        )
+        sounds.place(canvas, speech, offset + start, gain=10 ** (rng.uniform(-3, 3) / 20))
     return _finish(rng, canvas, (12, 30)), {"num_speakers": label}
 
 
