@@ -282,9 +282,11 @@ def check_experiment_option(option, cfg, tmp_path):
             "transcription": 0.5,
             "captioning": 0.5,
         }
-        assert cfg.llm.lora.r == 8 and cfg.llm.lora.target_modules == "all-linear"
+        # Cheaper LoRA on the attention only; the protocol's rank and scale are kept.
+        assert cfg.llm.lora.r == 8 and list(cfg.llm.lora.target_modules) == ["q_proj", "v_proj"]
+        assert cfg.projector.init_std == "embedding"
         # Mixed-length batches, trained packed; the protocol default stays padded and sorted.
-        assert cfg.model.pack is True and cfg.data.sort_buffer == cfg.data.batch_size == 4
+        assert cfg.model.pack is True and cfg.data.sort_buffer == cfg.data.batch_size == 8
 
 
 def check_debug_option(option, cfg, tmp_path):

@@ -14,6 +14,7 @@ from torch import nn
 from xares.encoders.mel import MelEncoder
 from xares.models import llm
 from xares.models.audio_llm import IGNORE_INDEX, AudioLLM
+from xares.models.build import build_model
 from xares.models.projector import LinearProjector, MLPProjector, StackProjector
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -291,6 +292,33 @@ def test_linear_and_mlp_projectors_keep_frames():
     out, out_mask = mlp(features, mask)
     assert out.shape == (2, 10, 64) and out_mask is mask
     assert MLPProjector(32, 64, hidden_dim=16).net[0].out_features == 16
+
+
+def test_linear_projector_init_std_sets_the_output_scale():
+    torch.manual_seed(0)
+    features = torch.randn(4000, 256)  # unit variance, as the mel encoder's are
+    default, _ = LinearProjector(256, 64)(features, None)
+    # PyTorch's default init gives about 1/sqrt(3) per element: several times a typical
+    # token embedding.
+    assert 0.5 < default.std().item() < 0.66
+    scaled = LinearProjector(256, 64, init_std=0.05)
+    assert torch.equal(scaled.proj.bias, torch.zeros(64))
+    out, _ = scaled(features, None)
+    assert abs(out.std().item() - 0.05) < 0.005
+    with pytest.raises(ValueError, match="init_std must be positive"):
+        LinearProjector(8, 8, init_std=0.0)
+
+
+def test_projector_init_std_embedding_is_measured_from_the_decoder(make_cfg):
+    cfg = make_cfg("llm=tiny_random", "encoder=dummy", "projector.init_std=embedding")
+    model = build_model(cfg)
+    target = model.embed_tokens.weight.std().item()
+    features = torch.randn(2000, model.encoder.output_dim)
+    out, _ = model.projector(features, None)
+    assert abs(out.std().item() - target) < 0.1 * target
+    # The protocol's linear projector keeps PyTorch's initialisation.
+    protocol = build_model(make_cfg("llm=tiny_random", "encoder=dummy"))
+    assert protocol.projector.proj.bias.abs().sum() > 0
 
 
 def test_stack_projector_stacks_frames_and_their_mask():

@@ -199,6 +199,11 @@ def test_protocol_decoder_comes_with_a_challenge_task_unless_overridden():
     assert choices["llm"] == PROTOCOL_LLM
     # The protocol's batching: padded, length-sorted within a 128-clip buffer, not packed.
     assert cfg["model"]["pack"] is False and cfg["data"]["sort_buffer"] == 128
+    # The protocol's projector: one linear layer with PyTorch's own initialisation.
+    assert cfg["projector"] == {
+        "_target_": "xares.models.projector.LinearProjector",
+        "init_std": None,
+    }
     # The command line wins over the task file's `override /llm`...
     assert compose_train("task=task1", "llm=tiny_random")[1]["llm"] == "tiny_random"
     # ...and so does an experiment (it comes later in the defaults list).

@@ -24,8 +24,12 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
     if check:
         check_encoder(encoder, sample_rate=int(cfg.data.sample_rate))
     decoder, tokenizer = instantiate(cfg.llm.decoder, _convert_="all")
-    hidden = decoder.get_input_embeddings().embedding_dim
-    projector = instantiate(cfg.projector, in_dim=int(encoder.output_dim), out_dim=int(hidden))
+    embeddings = decoder.get_input_embeddings()
+    sizes = dict(in_dim=int(encoder.output_dim), out_dim=int(embeddings.embedding_dim))
+    if cfg.projector.get("init_std") == "embedding":
+        # Measured here because it belongs to the decoder, which the config cannot see.
+        sizes["init_std"] = float(embeddings.weight.detach().float().std())
+    projector = instantiate(cfg.projector, **sizes)
     model = AudioLLM(
         encoder,
         projector,

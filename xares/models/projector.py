@@ -11,11 +11,22 @@ from torch import nn
 
 
 class LinearProjector(nn.Module):
-    """The challenge protocol's projector: one linear layer, no downsampling."""
+    """The challenge protocol's projector: one linear layer, no downsampling.
 
-    def __init__(self, in_dim: int, out_dim: int):
+    ``init_std=None`` keeps PyTorch's default initialisation (the protocol's). A number draws
+    the weights so that features of unit variance come out with that standard deviation per
+    element, and zeroes the bias: set to the decoder's token-embedding scale, the audio tokens
+    start out as loud as text tokens instead of several times louder.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, init_std: float | None = None):
         super().__init__()
         self.proj = nn.Linear(in_dim, out_dim)
+        if init_std is not None:
+            if not init_std > 0:
+                raise ValueError(f"projector init_std must be positive, got {init_std}")
+            nn.init.normal_(self.proj.weight, std=init_std / in_dim**0.5)
+            nn.init.zeros_(self.proj.bias)
         self.downsample = 1
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor):
