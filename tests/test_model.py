@@ -305,8 +305,10 @@ def test_linear_projector_init_std_sets_the_output_scale():
     assert torch.equal(scaled.proj.bias, torch.zeros(64))
     out, _ = scaled(features, None)
     assert abs(out.std().item() - 0.05) < 0.005
-    with pytest.raises(ValueError, match="init_std must be positive"):
+    with pytest.raises(ValueError, match="init_std must be a positive number"):
         LinearProjector(8, 8, init_std=0.0)
+    with pytest.raises(ValueError, match="`embedding`, got 'embeddings'"):
+        LinearProjector(8, 8, init_std="embeddings")
 
 
 def test_projector_init_std_embedding_is_measured_from_the_decoder(make_cfg):

@@ -23,8 +23,12 @@ class LinearProjector(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, out_dim)
         if init_std is not None:
-            if not init_std > 0:
-                raise ValueError(f"projector init_std must be positive, got {init_std}")
+            # `embedding` is resolved to a number by build_model; any other string is a typo.
+            if not isinstance(init_std, (int, float)) or init_std <= 0:
+                raise ValueError(
+                    f"projector init_std must be a positive number, null or `embedding`, "
+                    f"got {init_std!r}"
+                )
             nn.init.normal_(self.proj.weight, std=init_std / in_dim**0.5)
             nn.init.zeros_(self.proj.bias)
         self.downsample = 1
