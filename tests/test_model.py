@@ -126,7 +126,7 @@ def test_splice_layout_labels_and_positions(left_pad):
     frame_mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
     prompts, targets = ["Name it.", "Q?"], ["low", "top high"]
     inputs, attention, positions, labels = model._splice(
-        embeds, frame_mask, prompts, targets, left_pad=left_pad
+        embeds, frame_mask, model.text(prompts, targets), left_pad=left_pad
     )
     eos = tokenizer.eos_token_id
     assert eos == 257 and tokenizer.pad_token_id == 256
@@ -162,7 +162,7 @@ def test_splice_without_targets_has_no_labels():
     model = build()
     embeds = torch.randn(1, 4, TINY["hidden_size"])
     _, attention, _, labels = model._splice(
-        embeds, torch.ones(1, 4, dtype=torch.long), ["Hi"], None, left_pad=True
+        embeds, torch.ones(1, 4, dtype=torch.long), model.text(["Hi"]), left_pad=True
     )
     assert attention.sum() == 4 + 2
     assert (labels == IGNORE_INDEX).all()
@@ -204,7 +204,7 @@ def test_packed_row_layout_and_isolation():
     embeds = torch.randn(2, 5, hidden)
     frame_mask = torch.tensor([[1] * 5, [1] * 2 + [0] * 3])
     inputs, attention, positions, labels = model._splice(
-        embeds, frame_mask, ["Hi", "Q?"], ["ab", "c"], left_pad=False, pack=True
+        embeds, frame_mask, model.text(["Hi", "Q?"], ["ab", "c"]), left_pad=False, pack=True
     )
     lengths = [5 + 2 + 2 + 1, 2 + 2 + 1 + 1]
     assert attention is None and inputs.shape == (1, sum(lengths), hidden)

@@ -48,12 +48,17 @@ def prepare_task(cfg: DictConfig) -> None:
 def build_datamodule(cfg: DictConfig) -> TaskDataModule:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     return TaskDataModule(
-        task=task, seed=int(cfg.seed), **OmegaConf.to_container(cfg.data, resolve=True)
+        task=task,
+        seed=int(cfg.seed),
+        cuda_eval_batch_size=(cfg.get("speed") or {}).get("eval_batch_size"),
+        **OmegaConf.to_container(cfg.data, resolve=True),
     )
 
 
 def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
     model = build_model(cfg)
+    # Token ids (and clip digests for the feature cache) are made in the loader workers.
+    datamodule.text = model.text
     return AudioLLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),

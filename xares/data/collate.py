@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -11,18 +11,30 @@ import torch
 from xares.data.samples import Example
 
 
-def collate(examples: Sequence[Example], *, references: bool = False) -> dict[str, Any]:
-    """Zero-padded audio ``[B, T]`` with mask; one target per row, or all references in eval."""
+def collate(
+    examples: Sequence[Example],
+    *,
+    references: bool = False,
+    text: Callable[..., dict[str, torch.Tensor]] | None = None,
+    digest: Callable[[torch.Tensor], str] | None = None,
+) -> dict[str, Any]:
+    """Zero-padded audio ``[B, T]`` with mask; one target per row, or all references in eval.
+
+    ``text`` (the model's :class:`~xares.models.text.TextEncoder`) adds the token ids, and
+    ``digest`` a content id per clip for the feature cache (``None`` for a random crop); both
+    run here, in the loader's workers, so the training step does neither.
+    """
     lengths = [int(e.audio.shape[0]) for e in examples]
     audio = torch.zeros(len(examples), max(lengths))
     mask = torch.zeros(len(examples), max(lengths), dtype=torch.long)
     for row, example in enumerate(examples):
         audio[row, : lengths[row]] = example.audio
         mask[row, : lengths[row]] = 1
+    prompts = [e.prompt for e in examples]
     batch = {
         "audio": audio,
         "audio_mask": mask,
-        "prompts": [e.prompt for e in examples],
+        "prompts": prompts,
         "keys": [e.key for e in examples],
         "tasks": [e.task for e in examples],
     }
@@ -30,6 +42,10 @@ def collate(examples: Sequence[Example], *, references: bool = False) -> dict[st
         batch["references"] = [list(e.targets) for e in examples]
     else:
         batch["targets"] = [e.targets[0] for e in examples]
+    if text is not None:
+        batch.update(text(prompts, batch.get("targets")))
+    if digest is not None:
+        batch["clip_ids"] = [None if e.cropped else digest(e.audio) for e in examples]
     return batch
 
 

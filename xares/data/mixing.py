@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -69,9 +70,13 @@ class TrainMixture(IterableDataset):
         shuffle_buffer: int = 256,
         sort_buffer: int = 128,
         seed: int = 42,
+        text: Callable[..., dict[str, Any]] | None = None,
+        digest: Callable[[torch.Tensor], str] | None = None,
     ):
         super().__init__()
         self.sources = list(sources)
+        self.text = text
+        self.digest = digest
         total = sum(s.prob for s in self.sources)
         if total <= 0:
             raise ValueError("the training mixture's probabilities sum to zero")
@@ -104,9 +109,12 @@ class TrainMixture(IterableDataset):
                 if example is None:
                     continue
                 audio = crop(example.audio, self.max_samples, rng)
+                cropped = audio.shape[0] < example.audio.shape[0]
                 for target in example.targets:  # several captions: one example each
                     produced += 1
-                    item = Example(example.key, audio, example.prompt, [target], source.name)
+                    item = Example(
+                        example.key, audio, example.prompt, [target], source.name, cropped
+                    )
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append(item)
                         continue
@@ -135,7 +143,7 @@ class TrainMixture(IterableDataset):
             if len(buffer) >= self.sort_buffer:
                 for batch in length_buckets(buffer, self.batch_size, rng):
                     if len(batch) == self.batch_size:
-                        yield collate(batch)
+                        yield collate(batch, text=self.text, digest=self.digest)
                 buffer = []
 
 
@@ -151,9 +159,13 @@ class EvalSet(IterableDataset):
         max_seconds: float = 30.0,
         sort_buffer: int = 256,
         limit: int | None = None,
+        text: Callable[..., dict[str, Any]] | None = None,
+        digest: Callable[[torch.Tensor], str] | None = None,
     ):
         super().__init__()
         self.source = source
+        self.text = text
+        self.digest = digest
         self.batch_size = batch_size
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)
@@ -180,13 +192,14 @@ class EvalSet(IterableDataset):
             )
             if example is None:
                 continue
+            # Cut at the start, the same every time: the features stay reusable (not `cropped`).
             example.audio = crop(example.audio, self.max_samples, None)
             buffer.append(example)
             if len(buffer) >= self.sort_buffer:
                 for batch in length_buckets(buffer, self.batch_size, None):
-                    yield collate(batch, references=True)
+                    yield collate(batch, references=True, text=self.text, digest=self.digest)
                 buffer = []
         for batch in length_buckets(buffer, self.batch_size, None):
-            yield collate(batch, references=True)
+            yield collate(batch, references=True, text=self.text, digest=self.digest)
         if source.skips.total:
             log.warning("%s: skipped %s", source.name, source.skips.summary())

@@ -36,6 +36,7 @@ class Example:
     prompt: str
     targets: list[str]  # several references for captions; one training example each
     task: str
+    cropped: bool = False  # a random crop of a longer clip: its encoder output is not reusable
 
 
 @dataclass

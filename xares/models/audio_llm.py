@@ -2,10 +2,15 @@
 
 Layout of one example: ``[audio frames][prompt tokens][target tokens + EOS]``; the loss covers
 only the target tokens and EOS.
+
+The splice is made of tensor operations only (gathers and comparisons), with token ids that
+arrive as tensors from the collate: a training step has no Python loop over rows and no
+host-device synchronisation, so on a GPU it can be queued ahead and compiled.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +18,10 @@ import torch
 from torch import nn
 
 from xares.encoders.contract import normalise_output
+from xares.models.speed import Compiled, Speed
+from xares.models.text import TEXT_KEYS, TextEncoder
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -52,6 +61,8 @@ class AudioLLM(nn.Module):
         lora: Mapping[str, Any] | None = None,
         generation: Mapping[str, Any] | None = None,
         pack: bool = False,
+        speed: Speed | None = None,
+        feature_cache: Any = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -64,8 +75,11 @@ class AudioLLM(nn.Module):
         self.generation = dict(generation or {})
         # Training only: the whole batch as one row, each clip attending only to itself.
         self.pack = bool(pack)
+        self.speed = speed or Speed()
+        self.text = TextEncoder(tokenizer, multiple=self.speed.text_multiple)
+        self.feature_cache = feature_cache  # frozen-encoder outputs by clip (None: off)
         self._mask_warning: dict = {}
-        self._token_cache: dict[str, list[int]] = {}
+        self._loss = self._target_loss
         # from_pretrained returns decoders in eval mode; training must see LoRA dropout.
         self.train()
 
@@ -84,11 +98,42 @@ class AudioLLM(nn.Module):
         names = {name for name, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
+    # ------------------------------------------------------------------ speed
+    def _parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """The causal-LM model and its transformer body (``None`` if it exposes none)."""
+        base = (
+            self.decoder.get_base_model()
+            if hasattr(self.decoder, "get_base_model")
+            else self.decoder
+        )
+        body = base.get_decoder() if hasattr(base, "get_decoder") else None
+        return base, (None if body is base else body)
+
+    def configure_speed(self, device: torch.device | str) -> dict[str, Any]:
+        """Apply the speed settings that depend on the device; returns what was resolved."""
+        resolved = self.speed.resolve(device)
+        dtype = resolved["decoder_dtype"]
+        if dtype != torch.float32:
+            # Only frozen weights change dtype: LoRA and the projector keep fp32 master weights,
+            # and peft runs each adapter in its own weights' dtype. Buffers (rotary tables) stay
+            # in fp32, where the decoder computes them anyway.
+            for parameter in self.decoder.parameters():
+                if not parameter.requires_grad and parameter.is_floating_point():
+                    parameter.data = parameter.data.to(dtype)
+        if resolved["compile"]:
+            self._loss = Compiled(self._target_loss, "training loss", **resolved["compile_args"])
+        else:
+            self._loss = self._target_loss
+        self.resolved_speed = resolved
+        log.info(
+            "speed: %s", ", ".join(f"{k}={v}" for k, v in resolved.items() if k != "compile_args")
+        )
+        return resolved
+
     # ------------------------------------------------------------------ encoding
-    def encode(
+    def _encode_uncached(
         self, audio: torch.Tensor, audio_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio ``[B, T]`` → projected frames ``[B, N, H]`` and their mask ``[B, N]``."""
         with torch.no_grad():
             output = self.encoder(audio, audio_mask)
         features, mask = normalise_output(
@@ -97,105 +142,175 @@ class AudioLLM(nn.Module):
             encoder_name=type(self.encoder).__name__,
             warn_state=self._mask_warning,
         )
+        return features.detach(), mask.long()
+
+    def encode(
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        clip_ids: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio ``[B, T]`` → projected frames ``[B, N, H]`` and their mask ``[B, N]``.
+
+        ``clip_ids`` (content digests from the collate; ``None`` for a randomly cropped clip)
+        let the feature cache return a clip's frozen-encoder output without running the encoder.
+        """
+        cache = self.feature_cache
+        if cache is not None and clip_ids is not None:
+            features, mask = cache.encode(self._encode_uncached, audio, audio_mask, clip_ids)
+        else:
+            features, mask = self._encode_uncached(audio, audio_mask)
         dtype = next(self.projector.parameters()).dtype
-        embeds, mask = self.projector(features.detach().to(dtype), mask)
+        embeds, mask = self.projector(features.to(dtype), mask)
         return embeds, mask.long()
 
-    def _tokens(self, text: str) -> list[int]:
-        ids = self._token_cache.get(text)
-        if ids is None:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(self._token_cache) < 4096:  # prompts repeat; targets mostly do not
-                self._token_cache[text] = ids
-        return ids
+    def text_batch(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str] | None,
+        device: torch.device,
+        text: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Token-id tensors on ``device``: the collate's when given, else tokenised here."""
+        if text is None or any(key not in text for key in TEXT_KEYS):
+            text = self.text(prompts, targets)
+        return {key: text[key].to(device, non_blocking=True) for key in TEXT_KEYS}
+
+    def _width(self, needed: int, lengths: torch.Tensor, shaped: bool) -> int:
+        """The spliced batch's length: a fixed bucket when compiled, else as short as possible."""
+        if shaped:
+            return self.speed.bucket(needed)
+        if lengths.device.type == "cpu":
+            return int(lengths.max()) if lengths.numel() else 0
+        return needed  # reading the true maximum would wait for the GPU
 
     def _splice(
         self,
         audio_embeds: torch.Tensor,
         audio_mask: torch.Tensor,
-        prompts: Sequence[str],
-        targets: Sequence[str] | None,
+        text: Mapping[str, torch.Tensor],
         left_pad: bool,
         pack: bool = False,
     ):
-        """Concatenate each row's real audio frames, prompt and target, then pad the batch.
+        """Each row's real audio frames, then its prompt, then its target + EOS, padded.
 
+        Returns ``(inputs [B, W, H], attention [B, W], positions [B, W], labels [B, W])``.
         ``pack=True`` instead returns one row holding every example back to back (no padding,
         ``attention`` is ``None``, positions restart at each example).
         """
-        device = audio_embeds.device
-        eos = self.tokenizer.eos_token_id
+        batch, frames, hidden = audio_embeds.shape
+        prompt_ids, target_ids = text["prompt_ids"], text["target_ids"]
+        n_audio = audio_mask.sum(-1)
+        n_prompt = text["prompt_lengths"]
+        n_text = n_prompt + text["target_lengths"]
+        total = n_audio + n_text
+        width = self._width(
+            frames + prompt_ids.shape[1] + target_ids.shape[1], total, self.speed.shaped
+        )
         embed = self.embed_tokens
-        rows, labels = [], []
-        lengths = audio_mask.sum(-1).tolist()
-        for row, prompt in enumerate(prompts):
-            prompt_ids = self._tokens(prompt)
-            target_ids = self._tokens(targets[row]) + [eos] if targets is not None else []
-            text = torch.tensor(prompt_ids + target_ids, device=device, dtype=torch.long)
-            frames = audio_embeds[row, : int(lengths[row])]
-            rows.append((frames, text))
-            label = torch.full((frames.shape[0] + len(prompt_ids),), IGNORE_INDEX, device=device)
-            labels.append(torch.cat([label, text[len(prompt_ids) :]]))
-        total = max(f.shape[0] + t.shape[0] for f, t in rows)
-        text_embeds = embed(torch.cat([t for _, t in rows]))
-        hidden = audio_embeds.shape[-1]
-        inputs = audio_embeds.new_zeros(len(rows), total, hidden, dtype=text_embeds.dtype)
-        attention = torch.zeros(len(rows), total, dtype=torch.long, device=device)
-        label_out = torch.full((len(rows), total), IGNORE_INDEX, dtype=torch.long, device=device)
-        offset = 0
-        for row, (frames, text) in enumerate(rows):
-            length = frames.shape[0] + text.shape[0]
-            start = total - length if left_pad else 0
-            sequence = torch.cat(
-                [frames.to(text_embeds.dtype), text_embeds[offset : offset + len(text)]]
-            )
-            offset += len(text)
-            inputs[row, start : start + length] = sequence
-            attention[row, start : start + length] = 1
-            label_out[row, start : start + length] = labels[row]
+        text_embeds = embed(torch.cat([prompt_ids, target_ids], 1))
+        source = torch.cat([audio_embeds.to(text_embeds.dtype), text_embeds], 1)
+        # k: each output slot's index within its row's real sequence (negative = left padding).
+        slots = torch.arange(width, device=audio_embeds.device)[None]
+        k = slots - (width - total)[:, None] if left_pad else slots.expand(batch, -1)
+        start_text = n_audio[:, None]
+        in_audio = (k >= 0) & (k < start_text)
+        in_prompt = (k >= start_text) & (k < start_text + n_prompt[:, None])
+        real = (k >= 0) & (k < total[:, None])
+        # Prompt ids sit at [frames, frames + P) of `source`, target ids right after them.
+        offset = frames - start_text
+        target_from = frames + prompt_ids.shape[1] - (start_text + n_prompt[:, None])
+        index = torch.where(in_audio, k, torch.where(in_prompt, k + offset, k + target_from))
+        index = torch.where(real, index, 0)
+        inputs = source.gather(1, index[..., None].expand(-1, -1, hidden))
+        inputs = inputs.masked_fill(~real[..., None], 0)
+        in_target = real & ~in_audio & ~in_prompt
+        target_slot = (k - start_text - n_prompt[:, None]).clamp(0, max(target_ids.shape[1] - 1, 0))
+        if target_ids.shape[1]:
+            labels = torch.where(in_target, target_ids.gather(1, target_slot), IGNORE_INDEX)
+        else:
+            labels = torch.full_like(k, IGNORE_INDEX)
+        attention = real.long()
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         if pack:
             # Packed rows carry no attention mask: the decoder reads the restarting position
             # ids as sequence boundaries and attends block-diagonally, so there is no padding
             # and clips of different lengths (hence different tasks) can share a batch cheaply.
-            real = attention.bool()
-            return inputs[real][None], None, positions[real][None], label_out[real][None]
-        return inputs, attention, positions, label_out
+            return inputs[real][None], None, positions[real][None], labels[real][None]
+        return inputs, attention, positions, labels
 
     # ------------------------------------------------------------------ training
+    def _target_loss(
+        self,
+        inputs: torch.Tensor,
+        attention: torch.Tensor | None,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of ``labels`` predicted from the hidden states at ``slots``.
+
+        The vocabulary projection is the largest matmul per position; only the positions
+        that predict a target need it, and a fixed number of them (``slots`` is ``[B, L]``)
+        keeps the shapes static.
+        """
+        base, body = self._parts()
+        hidden = body(
+            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        picked = hidden.gather(1, slots[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = base.get_output_embeddings()(picked)
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+        )
+
     def forward(
         self,
         audio: torch.Tensor,
         audio_mask: torch.Tensor,
         prompts: Sequence[str],
         targets: Sequence[str],
+        text: Mapping[str, torch.Tensor] | None = None,
+        clip_ids: Sequence[str | None] | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy over target tokens (+ EOS) of the batch."""
-        audio_embeds, frame_mask = self.encode(audio, audio_mask)
+        audio_embeds, frame_mask = self.encode(audio, audio_mask, clip_ids)
+        text = self.text_batch(prompts, targets, audio_embeds.device, text)
         inputs, attention, positions, labels = self._splice(
-            audio_embeds, frame_mask, prompts, targets, left_pad=False, pack=self.pack
+            audio_embeds, frame_mask, text, left_pad=False, pack=self.pack
         )
-        # Each example starts with audio frames (labelled IGNORE_INDEX), so in a packed row no
-        # position is trained to predict the next example's first token.
-        targets_next = labels[:, 1:]
-        selected = targets_next != IGNORE_INDEX
-        base = (
-            self.decoder.get_base_model()
-            if hasattr(self.decoder, "get_base_model")
-            else self.decoder
-        )
-        body = base.get_decoder() if hasattr(base, "get_decoder") else None
-        call = dict(
-            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
-        )
-        if body is None or body is base:
-            logits = self.decoder(**call).logits[:, :-1][selected]
-        else:
-            # The vocabulary projection is the largest matmul per position; only target
-            # positions need it, so run the body and project just those.
+        base, body = self._parts()
+        if self.speed.logits == "full" or body is None or self.pack:
+            call = dict(
+                inputs_embeds=inputs,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
+            )
+            targets_next = labels[:, 1:]
+            if body is None or self.speed.logits == "full":
+                # Every position through the vocabulary projection, as the reference computes.
+                logits = self.decoder(**call).logits[:, :-1]
+                return nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(),
+                    targets_next.flatten(),
+                    ignore_index=IGNORE_INDEX,
+                )
+            # A packed row has no fixed target slots: select them (the CPU demo's path).
+            selected = targets_next != IGNORE_INDEX
             hidden = body(**call).last_hidden_state
             logits = base.get_output_embeddings()(hidden[:, :-1][selected])
-        return nn.functional.cross_entropy(logits.float(), targets_next[selected])
+            return nn.functional.cross_entropy(logits.float(), targets_next[selected])
+        # Right padding comes after every real position, so causal attention alone already
+        # hides it from them: without a padding mask the decoder takes its causal fast path.
+        mask = None if self.speed.causal_train else attention
+        # Target token j of a row is predicted from the position just before it.
+        steps = torch.arange(text["target_ids"].shape[1], device=inputs.device)[None]
+        slots = (frame_mask.sum(-1) + text["prompt_lengths"] - 1)[:, None] + steps
+        slots = slots.clamp(0, inputs.shape[1] - 1)
+        scored = steps < text["target_lengths"][:, None]
+        target_labels = torch.where(scored, text["target_ids"], IGNORE_INDEX)
+        return self._loss(inputs, mask, positions, slots, target_labels)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -204,12 +319,17 @@ class AudioLLM(nn.Module):
         audio: torch.Tensor,
         audio_mask: torch.Tensor,
         prompts: Sequence[str],
+        text: Mapping[str, torch.Tensor] | None = None,
+        clip_ids: Sequence[str | None] | None = None,
         **overrides: Any,
     ) -> list[str]:
         """Greedy answers, one per row; left padding so each row continues from its own end."""
-        audio_embeds, frame_mask = self.encode(audio, audio_mask)
+        audio_embeds, frame_mask = self.encode(audio, audio_mask, clip_ids)
+        text = self.text_batch(prompts, None, audio_embeds.device, text)
+        text = {**text, "target_ids": text["target_ids"][:, :0]}
+        text["target_lengths"] = torch.zeros_like(text["prompt_lengths"])
         inputs, attention, positions, _ = self._splice(
-            audio_embeds, frame_mask, prompts, None, left_pad=True
+            audio_embeds, frame_mask, text, left_pad=True
         )
         settings = {
             "do_sample": False,
@@ -218,6 +338,7 @@ class AudioLLM(nn.Module):
             "max_new_tokens": 150,
         }
         settings.update(self.generation)
+        settings.update(self.speed.generate_settings(inputs.device))
         settings.update(overrides)
         output = self.decoder.generate(
             inputs_embeds=inputs,

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xares.encoders.contract import check_encoder
 from xares.models.audio_llm import AudioLLM
+from xares.models.speed import Speed
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
         lora=_plain(cfg.llm.get("lora")),
         generation=_plain(cfg.get("generation")),
         pack=bool(cfg.get("model", {}).get("pack", False)),
+        speed=Speed.from_config(_plain(cfg.get("speed"))),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from xares.data.mixing import DatasetSource, EvalSet, TrainMixture
@@ -68,6 +69,7 @@ class TaskDataModule(pl.LightningDataModule):
         seed: int = 42,
         root: str | None = None,
         download: bool = True,
+        cuda_eval_batch_size: int | None = None,
     ):
         super().__init__()
         self.task = task
@@ -81,6 +83,12 @@ class TaskDataModule(pl.LightningDataModule):
         self.sort_buffer = sort_buffer
         self.eval_sort_buffer = eval_sort_buffer
         self.eval_batch_size = eval_batch_size
+        # On a GPU a test batch costs about as much as one row, so one size serves every set.
+        self.cuda_eval_batch_size = cuda_eval_batch_size
+        # Set once the model exists (see xares.train.build_module): the model's tokeniser and
+        # the feature cache's clip digest run in the loader workers, inside the collate.
+        self.text: Callable[..., dict[str, Any]] | None = None
+        self.digest: Callable[[torch.Tensor], str] | None = None
         self.eval_limit = eval_limit
         self.seed = seed
         self.root = root
@@ -120,6 +128,10 @@ class TaskDataModule(pl.LightningDataModule):
                 raise ValueError(f"task {self.name} has no `eval` datasets")
             self.eval_sources = _sources(specs, self.root, self.name, download)
 
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(
             dataset,
@@ -127,6 +139,8 @@ class TaskDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers > 0 else None,
+            # Page-locked batches let the copy to the GPU overlap the previous step.
+            pin_memory=self._on_cuda(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -139,6 +153,8 @@ class TaskDataModule(pl.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             sort_buffer=self.sort_buffer,
             seed=self.seed,
+            text=self.text,
+            digest=self.digest,
         )
         if self.trainer is not None:
             mixture.offset = self.trainer.global_step
@@ -149,7 +165,10 @@ class TaskDataModule(pl.LightningDataModule):
         specs = self.eval_specs
         loaders = []
         for source in self.eval_sources:
-            batch_size = self.eval_batch_size or int(specs[source.name].get("batch_size") or 8)
+            batch_size = self.eval_batch_size
+            if batch_size is None and self._on_cuda():
+                batch_size = self.cuda_eval_batch_size
+            batch_size = batch_size or int(specs[source.name].get("batch_size") or 8)
             loaders.append(
                 self._loader(
                     EvalSet(
@@ -159,6 +178,8 @@ class TaskDataModule(pl.LightningDataModule):
                         max_seconds=self.eval_max_seconds,
                         sort_buffer=self.eval_sort_buffer,
                         limit=self.eval_limit,
+                        text=self.text,
+                        digest=self.digest,
                     )
                 )
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections import defaultdict
@@ -46,9 +47,27 @@ class AudioLLMModule(pl.LightningModule):
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.results: list[dict[str, Any]] = []
 
+    # ------------------------------------------------------------------ speed
+    def setup(self, stage: str) -> None:
+        # The device is known here, before the optimiser exists and before weights move: the
+        # frozen decoder can change dtype and the step be compiled once for the whole run.
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        if getattr(self.model, "resolved_speed", {}).get("device") != str(device):
+            self.model.configure_speed(device)
+
+    def _speed(self, key: str, default: Any = None) -> Any:
+        return (self.config.get("speed") or {}).get(key, default)
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
-        loss = self.model(batch["audio"], batch["audio_mask"], batch["prompts"], batch["targets"])
+        loss = self.model(
+            batch["audio"],
+            batch["audio_mask"],
+            batch["prompts"],
+            batch["targets"],
+            text=batch,
+            clip_ids=batch.get("clip_ids"),
+        )
         if not torch.isfinite(loss):
             self._bad_steps += 1
             log.warning(
@@ -70,7 +89,13 @@ class AudioLLMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        extra = {}
+        fused = self._speed("fused_optimizer", False)
+        on_cuda = all(p.device.type == "cuda" for p in params)
+        if (fused is True or (fused == "auto" and on_cuda)) and self._accepts_fused():
+            # One kernel for the whole update instead of several per parameter tensor.
+            extra["fused"] = True
+        optimizer = self.optimizer_factory(params=params, **extra)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -78,6 +103,14 @@ class AudioLLMModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _accepts_fused(self) -> bool:
+        factory = self.optimizer_factory
+        target = getattr(factory, "func", factory)
+        try:
+            return "fused" in inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return False
 
     def state_dict(self, *args, **kwargs):
         # Frozen encoder/decoder weights are rebuilt from the config; storing them would make
@@ -95,7 +128,13 @@ class AudioLLMModule(pl.LightningModule):
         self.results = []
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
-        predictions = self.model.generate(batch["audio"], batch["audio_mask"], batch["prompts"])
+        predictions = self.model.generate(
+            batch["audio"],
+            batch["audio_mask"],
+            batch["prompts"],
+            text=batch,
+            clip_ids=batch.get("clip_ids"),
+        )
         for key, task, prompt, prediction, refs in zip(
             batch["keys"], batch["tasks"], batch["prompts"], predictions, batch["references"]
         ):

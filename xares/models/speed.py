@@ -1,0 +1,154 @@
+"""How the model runs: the GPU fast path and the reference's numerics, one switch per optimisation.
+
+None of these settings changes what is computed, only how: the frozen decoder's dtype, which
+positions go through the vocabulary projection, whether right padding needs a mask, fixed
+padded lengths so compiled graphs are reused, ``torch.compile``, and a static KV cache for
+generation. ``conf/speed/fast.yaml`` turns them on where they pay (``auto`` = on a CUDA
+device); ``conf/speed/reference.yaml`` reproduces the protocol's fp32 eager computation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _on_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def _choice(value: Any, name: str, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        raise ValueError(f"speed.{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass
+class Speed:
+    """Speed settings as written in the config; :meth:`resolve` fixes them for a device.
+
+    The defaults are plain eager execution, which is what a model built outside a run gets.
+    """
+
+    decoder_dtype: str = "float32"  # float32 | bfloat16 | auto: bf16 on a CUDA device with it
+    logits: str = "targets"  # targets: project target positions only | full: every position
+    causal_train: bool = False  # train right-padded batches without a padding mask
+    compile: bool | str = False  # torch.compile the decoder step: true | false | auto (CUDA)
+    compile_mode: str | None = None  # torch.compile mode; reduce-overhead = CUDA graphs
+    buckets: Sequence[int] | None = None  # padded sequence lengths while compiled
+    text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
+    generate_cache: str = "dynamic"  # dynamic | static | auto: static on CUDA
+    shaped: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        _choice(self.decoder_dtype, "decoder_dtype", [*DTYPES, "auto"])
+        _choice(self.logits, "logits", ["targets", "full"])
+        _choice(self.compile, "compile", [True, False, "auto"])
+        _choice(self.generate_cache, "generate_cache", ["dynamic", "static", "auto"])
+        self.buckets = sorted(int(b) for b in self.buckets) if self.buckets else None
+        if self.buckets and self.buckets[0] <= 0:
+            raise ValueError(f"speed.buckets must be positive lengths, got {self.buckets}")
+        if int(self.text_multiple) < 1:
+            raise ValueError(f"speed.text_multiple must be >= 1, got {self.text_multiple}")
+
+    @classmethod
+    def from_config(cls, node: Any) -> Speed:
+        """From the ``speed`` config node (a mapping); unknown keys are an error."""
+        if node is None:
+            return cls()
+        settings = dict(node)
+        known = {f for f in cls.__dataclass_fields__ if f != "shaped"}
+        # Read elsewhere: by the feature cache, the optimiser and the test loaders.
+        others = {"feature_cache", "fused_optimizer", "eval_batch_size"}
+        unknown = sorted(set(settings) - known - others)
+        if unknown:
+            raise ValueError(f"unknown speed settings {unknown}; known: {sorted(known | others)}")
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+    def resolve(self, device: torch.device | str) -> dict[str, Any]:
+        cuda = _on_cuda(device)
+        dtype_name = self.decoder_dtype
+        if dtype_name == "auto":
+            supported = cuda and torch.cuda.is_bf16_supported()
+            dtype_name = "bfloat16" if supported else "float32"
+        compiled = cuda if self.compile == "auto" else bool(self.compile)
+        # Fixed lengths only pay when a compiled graph can be reused; eager runs pad least.
+        self.shaped = compiled and bool(self.buckets)
+        if compiled:
+            # One graph per bucket and batch size; the default limit of 8 would silently fall
+            # back to eager after the eighth shape.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        self._resolved_cache = (
+            ("static" if cuda else "dynamic")
+            if self.generate_cache == "auto"
+            else self.generate_cache
+        )
+        self._compiled = compiled
+        return {
+            "device": str(device),
+            "decoder_dtype": DTYPES[dtype_name],
+            "logits": self.logits,
+            "causal_train": self.causal_train,
+            "compile": compiled,
+            "compile_args": {"mode": self.compile_mode, "dynamic": False},
+            "buckets": self.buckets if self.shaped else None,
+            "generate_cache": self._resolved_cache,
+        }
+
+    def bucket(self, length: int) -> int:
+        """The smallest bucket that holds ``length``; past the last, its next multiple."""
+        if not self.buckets:
+            return length
+        index = bisect.bisect_left(self.buckets, length)
+        if index < len(self.buckets):
+            return self.buckets[index]
+        last = self.buckets[-1]
+        return -(-length // last) * last
+
+    def generate_settings(self, device: torch.device) -> dict[str, Any]:
+        """``generate`` keywords: the KV cache, and whether transformers may compile the step."""
+        cache = getattr(self, "_resolved_cache", None) or (
+            "dynamic" if self.generate_cache == "auto" else self.generate_cache
+        )
+        settings: dict[str, Any] = {"disable_compile": not getattr(self, "_compiled", False)}
+        if cache == "static":
+            settings["cache_implementation"] = "static"
+        return settings
+
+
+class Compiled:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good if compiling fails.
+
+    A compiler error (a missing C++ toolchain, an unsupported operation in a user's decoder)
+    should cost speed, not the run: it is logged once with the way to silence it.
+    """
+
+    def __init__(self, fn: Callable, name: str, **compile_args: Any):
+        self.eager = fn
+        self.name = name
+        self.compiled = torch.compile(fn, **compile_args)
+        self.failed: BaseException | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager
+                self.failed = error
+                log.warning(
+                    "torch.compile of the %s failed (%s: %s); running it eager from now on. "
+                    "Set speed.compile=false to skip compiling.",
+                    self.name,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
+        return self.eager(*args, **kwargs)
