@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 
 import pytest
 import torch
@@ -145,6 +146,9 @@ def test_lru_eviction_respects_the_byte_limit(mel):
     assert mel.calls == []
     cache.encode(mel, *batch_of(clips[:1]), ids[:1])
     assert mel.calls == [1]
+    # A pickled cache (a spawned process, a deep copy of the model) carries no entries.
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.stats["memory_entries"] == 0 and copy.memory_limit == cache.memory_limit
     # memory_gb=0 keeps nothing in memory.
     empty = FeatureCache("fp", memory_gb=0)
     empty.encode(mel, *batch_of(clips[:2]), ids[:2])
@@ -172,6 +176,16 @@ def test_disk_round_trip_across_instances(mel, tmp_path):
     # Promoted into memory: no second disk read.
     second.encode(mel, *batch_of(clips), ids)
     assert second.stats["disk_reads"] == 4 and second.stats["hits"] == 8
+
+    # Ids that are not digests are hashed into file names and checked against the file.
+    names = ["dataset/clip 1.flac", "dataset/clip 2.flac"]
+    FeatureCache("fp", memory_gb=0, directory=tmp_path).encode(mel, *batch_of(clips[:2]), names)
+    mel.calls.clear()
+    named, named_mask = FeatureCache("fp", memory_gb=0, directory=tmp_path).encode(
+        mel, *batch_of(clips[:2]), names
+    )
+    assert mel.calls == [] and len(list(tmp_path.rglob("*.pt"))) == 6
+    assert torch.equal(valid_rows(named, named_mask)[1], valid_rows(features, frame_mask)[1])
 
     # Another encoder (fingerprint) never sees these files.
     other = FeatureCache("other", memory_gb=0, directory=tmp_path)
@@ -304,3 +318,20 @@ def test_clear_errors():
         clip_id(torch.zeros(3, device="meta"))
     with pytest.raises(ValueError, match="dtype"):
         FeatureCache("fp", dtype=torch.int8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_all_hit_batch_does_not_synchronise_with_the_gpu(mel):
+    clips = make_clips()
+    ids = [clip_id(c) for c in clips]
+    mel.encoder.cuda()
+    audio, mask = (t.cuda() for t in batch_of(clips))
+    cache = FeatureCache("fp", memory_gb=0.01)
+    miss, _ = cache.encode(mel, audio, mask, ids)  # misses may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        hit, hit_mask = cache.encode(mel, audio, mask, ids)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert hit.is_cuda and hit_mask.is_cuda and torch.equal(hit, miss)

@@ -249,7 +249,10 @@ class FeatureCache:
         Kept as a digest per distinct setting so the per-batch cost is a dict lookup.
         """
         kind = device.type
-        autocast = torch.is_autocast_enabled(kind) if kind in ("cpu", "cuda") else False
+        try:
+            autocast = torch.is_autocast_enabled(kind)
+        except RuntimeError:  # a device type autocast does not know: it cannot be enabled
+            autocast = False
         setting = (
             device,
             autocast,
