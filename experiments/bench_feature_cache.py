@@ -33,7 +33,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xares.encoders.cache import FeatureCache, clip_id, encoder_fingerprint  # noqa: E402
+from xares.encoders.cache import (  # noqa: E402
+    FeatureCache,
+    batch_variation,
+    clip_id,
+    encoder_fingerprint,
+)
 from xares.encoders.contract import mask_from_lengths, normalise_output  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -141,8 +146,10 @@ def bench_encoder(name: str, args, work: Path) -> dict:
     for _ in range(20):
         clip_id(clip)
     clip_id_ms = (time.perf_counter() - started) * 1000 / 20
+    variation = batch_variation(encode_fn, sample_rate=SAMPLE_RATE)
     return {
         "encoder": name,
+        "batch_variation": variation,
         "parameters": parameters,
         "build_s": round(build_s, 2),
         "fingerprint_s": round(fingerprint_s, 3),
@@ -209,7 +216,7 @@ def main() -> int:
             f"{r['encoder']}: {r['frames_per_clip']} frames/clip, "
             f"{r['bytes_per_clip'] / 1e6:.2f} MB/clip stored; miss overhead "
             f"{100 * r['miss_overhead']:+.1f}%; clip_id {r['clip_id_ms_per_clip']:.2f} ms/clip; "
-            f"fingerprint {r['fingerprint_s']:.2f} s"
+            f"fingerprint {r['fingerprint_s']:.2f} s; batch variation {r['batch_variation']:.1e}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

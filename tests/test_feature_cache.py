@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xares.encoders import cache as cache_module
-from xares.encoders.cache import FeatureCache, clip_id, encoder_fingerprint
+from xares.encoders.cache import FeatureCache, batch_variation, clip_id, encoder_fingerprint
 from xares.encoders.contract import mask_from_lengths, normalise_output
 from xares.encoders.dummy import DummyEncoder
 from xares.encoders.mel import MelEncoder
@@ -177,6 +177,11 @@ def test_disk_round_trip_across_instances(mel, tmp_path):
     second.encode(mel, *batch_of(clips), ids)
     assert second.stats["disk_reads"] == 4 and second.stats["hits"] == 8
 
+    # A clip repeated in a batch is read once.
+    repeated = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    repeated.encode(mel, *batch_of(clips[:1] * 2), ids[:1] * 2)
+    assert repeated.stats["disk_reads"] == 1 and repeated.stats["hits"] == 2
+
     # Ids that are not digests are hashed into file names and checked against the file.
     names = ["dataset/clip 1.flac", "dataset/clip 2.flac"]
     FeatureCache("fp", memory_gb=0, directory=tmp_path).encode(mel, *batch_of(clips[:2]), names)
@@ -335,3 +340,14 @@ def test_an_all_hit_batch_does_not_synchronise_with_the_gpu(mel):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert hit.is_cuda and hit_mask.is_cuda and torch.equal(hit, miss)
+
+
+def test_batch_variation_tells_batch_invariant_encoders_apart(mel):
+    assert batch_variation(mel) == 0.0
+    assert batch_variation(Counting(DummyEncoder(output_dim=8))) == 0.0
+
+    def depends_on_padding(audio, mask):  # normalises over the padded width, not the clip
+        features, frame_mask = mel(audio, mask)
+        return features / audio.shape[1], frame_mask
+
+    assert batch_variation(depends_on_padding) > 0.0

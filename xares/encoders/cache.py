@@ -23,6 +23,12 @@ never leaves a file that looks complete and processes sharing the folder (DDP ra
 runs) each read either nothing or a whole file. Each file also records its clip id and full
 context, and is checked on load: an unreadable or mismatched file is a miss and is rewritten.
 
+Exactness: a hit returns exactly what the clip's miss returned. For an encoder whose features
+do not depend on the batch (:func:`batch_variation` returns 0.0: ``mel``, ``dummy``) that is
+also exactly what the uncached path returns in any batch; for the transformer encoders the
+uncached path itself varies with the batch's padding at float rounding level (about 1e-6 for
+whisper-base and dasheng-base in float32), and the cache fixes each clip at its first batch.
+
 The cache is not thread-safe; it belongs to the process that runs the encoder.
 """
 
@@ -131,13 +137,47 @@ def encoder_fingerprint(
     return digest.hexdigest()
 
 
+def batch_variation(
+    encode_fn: EncodeFn,
+    *,
+    sample_rate: int = 16000,
+    seconds: Sequence[float] = (1.0, 2.3, 0.6),
+    device: torch.device | str = "cpu",
+) -> float:
+    """Largest difference between clips' features encoded alone and together in a padded batch.
+
+    ``0.0`` means the encoder is bitwise batch-invariant, so cached features equal uncached
+    ones whatever the batch; ``inf`` means a clip's frame count changed with the batch.
+    """
+    generator = torch.Generator().manual_seed(0)
+    clips = [torch.randn(int(s * sample_rate), generator=generator) * 0.1 for s in seconds]
+    lengths = torch.tensor([len(clip) for clip in clips])
+    audio = torch.zeros(len(clips), int(lengths.max()) + sample_rate // 10)  # extra padding too
+    for row, clip in enumerate(clips):
+        audio[row, : len(clip)] = clip
+    mask = (torch.arange(audio.shape[1])[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        batched, batched_mask = encode_fn(audio.to(device), mask.to(device))
+        worst = 0.0
+        for row, clip in enumerate(clips):
+            alone, alone_mask = encode_fn(
+                clip[None].to(device), torch.ones(1, len(clip), dtype=torch.long, device=device)
+            )
+            frames = int(alone_mask.sum())
+            if int(batched_mask[row].sum()) != frames:
+                return float("inf")
+            difference = batched[row, :frames].float() - alone[0, :frames].float()
+            worst = max(worst, float(difference.abs().max()) if frames else 0.0)
+    return worst
+
+
 class FeatureCache:
     """Encoder features per clip, in a byte-bounded CPU LRU and optionally on disk.
 
     ``memory_gb`` bounds the bytes of the stored tensors in GiB (0 keeps nothing in memory);
     ``directory`` enables the disk level; ``dtype=None`` stores exactly what the encoder
-    returned, ``torch.float16`` halves memory and disk at the cost of rounding (then every row
-    :meth:`encode` returns, hit, miss or bypass, is in that dtype, so hits still equal misses).
+    returned, ``torch.float16`` halves memory and disk at the cost of rounding (then a batch with
+    any clip id comes back wholly in that dtype, bypassed rows included, so hits equal misses).
     """
 
     def __init__(
@@ -223,9 +263,9 @@ class FeatureCache:
             elif cid in first_row:
                 self._counts["hits"] += 1
             else:
+                first_row[cid] = index
                 rows[index] = self._lookup(context, cid)
                 if rows[index] is None:
-                    first_row[cid] = index
                     to_encode.append(index)
                     self._counts["misses"] += 1
                 else:
@@ -238,7 +278,7 @@ class FeatureCache:
                 if cid is not None:
                     self._store(context, cid, row)
         for index, cid in enumerate(clip_ids):
-            if rows[index] is None:  # a repeat of a clip encoded above
+            if rows[index] is None:  # a repeat of a clip looked up or encoded above
                 rows[index] = rows[first_row[cid]]
         return self._assemble(rows, audio.device)
 
