@@ -133,6 +133,9 @@ def bench_encoder(name: str, args, work: Path) -> dict:
         for audio, mask, ids in batches:
             hit_memory.append(elapsed_ms(warm.encode, encode_fn, audio, mask, ids))
             hit_disk.append(elapsed_ms(cold.encode, encode_fn, audio, mask, ids))
+    # The best hit shows the cache's own cost; the median adds what the machine's other load
+    # (and first-touch page faults of the fresh output batch) cost on top.
+    best = {"hit_memory": min(hit_memory), "hit_disk": min(hit_disk)}
     uncached, miss = statistics.mean(uncached), statistics.mean(miss)
     hit_memory, hit_disk = statistics.median(hit_memory), statistics.median(hit_disk)
     expected_hits = args.batches * args.batch_size * args.hit_repeats
@@ -162,6 +165,7 @@ def bench_encoder(name: str, args, work: Path) -> dict:
             "hit_memory": round(hit_memory, 3),
             "hit_disk": round(hit_disk, 3),
         },
+        "best_ms_per_batch": {key: round(value, 3) for key, value in best.items()},
         "speedup_hit_memory": round(uncached / hit_memory, 1),
         "speedup_hit_disk": round(uncached / hit_disk, 1),
         "miss_overhead": round(miss / uncached - 1, 4),
@@ -214,7 +218,9 @@ def main() -> int:
     for r in results:
         print(
             f"{r['encoder']}: {r['frames_per_clip']} frames/clip, "
-            f"{r['bytes_per_clip'] / 1e6:.2f} MB/clip stored; miss overhead "
+            f"{r['bytes_per_clip'] / 1e6:.2f} MB/clip stored; best hit "
+            f"{r['best_ms_per_batch']['hit_memory']:.2f} ms (memory), "
+            f"{r['best_ms_per_batch']['hit_disk']:.2f} ms (disk); miss overhead "
             f"{100 * r['miss_overhead']:+.1f}%; clip_id {r['clip_id_ms_per_clip']:.2f} ms/clip; "
             f"fingerprint {r['fingerprint_s']:.2f} s; batch variation {r['batch_variation']:.1e}"
         )
