@@ -9,7 +9,7 @@ batches of 4 × 10 s clips:
 * ``hit (memory)``: every clip in the in-memory LRU;
 * ``hit (disk)``: a cache with no memory level reading every clip from its file.
 
-    python experiments/bench_feature_cache.py                         # both encoders, ~1 min
+    python experiments/bench_feature_cache.py                         # both encoders, 1-2 min
     python experiments/bench_feature_cache.py --encoders dasheng --batches 3 --threads 4
 
 Prints a table of ms per batch (mean for the encoder and misses, median of many calls for
