@@ -15,6 +15,7 @@ from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xares import report
+from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import finish_wandb
@@ -59,6 +60,8 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
     model = build_model(cfg)
     # Token ids (and clip digests for the feature cache) are made in the loader workers.
     datamodule.text = model.text
+    if model.feature_cache is not None:
+        datamodule.digest = clip_id
     return AudioLLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),

@@ -8,15 +8,33 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from xares.encoders.cache import FeatureCache, encoder_fingerprint
 from xares.encoders.contract import check_encoder
 from xares.models.audio_llm import AudioLLM
-from xares.models.speed import Speed
+from xares.models.speed import DTYPES, Speed
 
 log = logging.getLogger(__name__)
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_feature_cache(encoder, cfg: DictConfig) -> FeatureCache | None:
+    """The frozen-encoder feature cache of ``speed.feature_cache`` (``None`` when disabled)."""
+    spec = _plain((cfg.get("speed") or {}).get("feature_cache")) or {}
+    if not spec.get("enabled") or not float(spec.get("memory_gb") or 0) and not spec.get("dir"):
+        return None
+    dtype = spec.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"speed.feature_cache.dtype must be null or one of {list(DTYPES)}")
+    sample_rate = int(cfg.data.sample_rate)
+    return FeatureCache(
+        encoder_fingerprint(encoder, _plain(cfg.encoder), sample_rate=sample_rate),
+        memory_gb=float(spec.get("memory_gb") or 0),
+        directory=spec.get("dir"),
+        dtype=DTYPES[dtype] if dtype else None,
+    )
 
 
 def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
@@ -40,6 +58,7 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
         generation=_plain(cfg.get("generation")),
         pack=bool(cfg.get("model", {}).get("pack", False)),
         speed=Speed.from_config(_plain(cfg.get("speed"))),
+        feature_cache=build_feature_cache(encoder, cfg),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
