@@ -209,3 +209,11 @@ def test_dropped_counts_are_in_the_results_and_scores_json(tmp_path):
         "no audio": 1,
     }
     assert "eval_t: dropped 2 (corrupt label), 1 (no audio)" in report.format_table(summary)
+
+
+def test_protocol_run_has_no_eval_crop_and_full_window_whisper(make_cfg):
+    cfg = make_cfg("task=task1", "encoder=whisper_base")
+    assert cfg.data.eval_max_seconds is None
+    assert cfg.encoder.full_window is True
+    assert cfg.task.eval["eval_fsd50k"].metric_args.num_classes == 200
+    assert "label_join" not in cfg.task.eval["eval_fsd50k"]

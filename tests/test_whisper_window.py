@@ -125,3 +125,15 @@ def test_trimmed_mode_is_close_but_not_the_challenges_features(tiny_whisper, ref
     deviation = (trimmed[0] - theirs).abs().max() / theirs.abs().max()
     # Not attending to the 29 s of silence changes every frame a little.
     assert 1e-4 < deviation < 0.1
+
+
+def test_the_last_mel_frame_of_a_full_window_reflects_the_clip(tiny_whisper):
+    # WhisperFeatureExtractor's STFT reflects the window's end: frame 2999 (centred 160 samples
+    # before the end, 400 wide) reaches 40 samples past it, into the mirrored clip.
+    audio = clip(30.0, seed=5)
+    encoder = WhisperEncoder(tiny_whisper)
+    ours = encoder.log_mel(audio[None], torch.tensor([3000]))
+    extractor = WhisperFeatureExtractor.from_pretrained(tiny_whisper)
+    theirs = extractor(audio.numpy(), sampling_rate=SR, return_tensors="pt")["input_features"]
+    assert ours.shape == theirs.shape == (1, 80, 3000)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
