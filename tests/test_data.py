@@ -124,8 +124,12 @@ def test_non_finite_audio_is_an_audio_decode_error():
 def test_label_keys_first_present_wins():
     meta = {"a": "first", "b": "second", "text": "fallback"}
     assert extract_labels(meta, "a;b") == ["first"]
-    assert extract_labels({"b": "second", "a": ""}, "a;b") == ["second"]  # empty is absent
+    # An empty string is an (empty) answer, as the challenge's loader reads it; null, an
+    # empty list and an object are absent.
+    assert extract_labels({"b": "second", "a": ""}, "a;b") == [""]
     assert extract_labels({"b": "second", "a": None}, " a ; b ") == ["second"]
+    assert extract_labels({"b": "second", "a": []}, "a;b") == ["second"]
+    assert extract_labels({"b": "second", "a": {"x": 1}}, "a;b") == ["second"]
 
 
 def test_label_fallback_keys_in_order():
@@ -135,9 +139,9 @@ def test_label_fallback_keys_in_order():
 
 
 def test_list_labels_are_several_targets_unless_joined():
-    meta = {"labels": ["Dog", "Rain", ""], "captions": ["x"]}
-    assert extract_labels(meta, "labels") == ["Dog", "Rain"]
-    assert extract_labels(meta, "labels", join=";") == ["Dog;Rain"]
+    meta = {"labels": ["Dog", "Rain", "", None, 3], "captions": ["x"]}
+    assert extract_labels(meta, "labels") == ["Dog", "Rain", "", "3"]
+    assert extract_labels(meta, "labels", join=";") == ["Dog;Rain;;3"]
 
 
 def test_scalar_labels_become_text():
@@ -147,7 +151,7 @@ def test_scalar_labels_become_text():
 
 def test_missing_label_lists_available_keys():
     with pytest.raises(LabelError) as info:
-        extract_labels({"id": 7, "duration": 1.5, "text": ""}, "label;labels")
+        extract_labels({"id": 7, "duration": 1.5, "text": None}, "label;labels")
     message = str(info.value)
     assert "['label', 'labels', 'captions', 'caption', 'text']" in message
     assert "(it has: ['duration', 'id', 'text'])" in message

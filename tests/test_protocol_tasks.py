@@ -31,7 +31,6 @@ PROTOCOL = yaml.safe_load(
 DATASETS: dict[str, dict[str, Any]] = PROTOCOL["datasets"]
 MIXTURES = {k: v for k, v in PROTOCOL["mixtures"].items() if isinstance(v, dict)}
 BY_MIXTURE_NAME = {spec["mixture_name"]: key for key, spec in DATASETS.items()}
-MULTI_LABEL = {"fsd50k", "fsdkaggle2018"}  # mAP sets: a list label is one `a;b` answer
 PROTOCOL_LLM = "smollm2_135m"
 
 # Shard counts worked out by hand from the protocol's patterns (train, test), so a
@@ -83,17 +82,13 @@ def mixture_keys(mixture: str) -> list[str]:
 
 
 def expected_train(key: str) -> dict[str, Any]:
-    spec = dict(DATASETS[key]["train"])
-    if key in MULTI_LABEL:
-        spec["label_join"] = ";"
-    return spec
+    # Nothing but the protocol: no `label_join` (a list label is several references there).
+    return dict(DATASETS[key]["train"])
 
 
 def expected_eval(key: str) -> dict[str, Any]:
     spec = {k: v for k, v in DATASETS[key]["eval"].items() if k != "name"}
     spec["track"] = DATASETS[key]["track"]
-    if key in MULTI_LABEL:
-        spec["label_join"] = ";"
     return spec
 
 

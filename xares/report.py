@@ -27,7 +27,17 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "tasks": [
             {
                 k: r.get(k)
-                for k in ("task", "metric", "score", "weight", "chance", "track", "clips", "note")
+                for k in (
+                    "task",
+                    "metric",
+                    "score",
+                    "weight",
+                    "chance",
+                    "track",
+                    "clips",
+                    "dropped",
+                    "note",
+                )
             }
             for r in results
         ],
@@ -80,6 +90,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
     ]
     footer.append(["overall (weighted)", "", _fmt(summary["overall"]), "", *blank, ""])
     notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
+    notes += [
+        f"  {t['task']}: dropped " + ", ".join(f"{n} ({why})" for why, n in t["dropped"].items())
+        for t in tasks
+        if t.get("dropped")
+    ]
     return "\n".join([_render(header, lines, footer), *notes])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,7 +149,14 @@ class TrainMixture(IterableDataset):
 
 
 class EvalSet(IterableDataset):
-    """One test set, read in shard order, split across ranks/workers, in length-sorted batches."""
+    """One test set, read in shard order, split across ranks/workers, in length-sorted batches.
+
+    Clips are encoded whole, as the challenge evaluates them; ``max_seconds`` (off by
+    default) keeps only the start of longer clips. Each batch carries, under ``skipped``,
+    the samples this reader dropped since its previous batch (``{set: {reason: n}}``), so
+    the counts reach the process that scores the set whatever the number of workers; a
+    reader whose last samples were all dropped ends with a batch of no clips for them.
+    """
 
     def __init__(
         self,
@@ -156,7 +164,7 @@ class EvalSet(IterableDataset):
         *,
         batch_size: int,
         sample_rate: int = 16000,
-        max_seconds: float = 30.0,
+        max_seconds: float | None = None,
         sort_buffer: int = 256,
         limit: int | None = None,
         text: Callable[..., dict[str, Any]] | None = None,
@@ -168,15 +176,26 @@ class EvalSet(IterableDataset):
         self.digest = digest
         self.batch_size = batch_size
         self.sample_rate = sample_rate
-        self.max_samples = int(max_seconds * sample_rate)
+        self.max_samples = int(max_seconds * sample_rate) if max_seconds else 0
         self.sort_buffer = max(sort_buffer, batch_size)
         self.limit = limit
 
     def __iter__(self) -> Iterator[dict]:
         slot, slots = _process_slot()
         source = self.source
+        # Every reader walks every shard; only the first counts broken shards, once.
+        shard_skips = source.skips if slot == 0 else SkipCounter(source.name)
+        # Counts from an earlier pass over this source were reported then.
+        reported = Counter(source.skips.counts)
+
+        def with_skips(batch: dict) -> dict:
+            fresh = source.skips.counts - reported
+            reported.update(fresh)
+            batch["skipped"] = {source.name: dict(fresh)} if fresh else {}
+            return batch
+
         buffer: list[Example] = []
-        for index, sample in enumerate(read_tar_samples(source.shards, source.skips)):
+        for index, sample in enumerate(read_tar_samples(source.shards, shard_skips)):
             if self.limit is not None and index >= self.limit:
                 break
             if index % slots != slot:
@@ -197,9 +216,25 @@ class EvalSet(IterableDataset):
             buffer.append(example)
             if len(buffer) >= self.sort_buffer:
                 for batch in length_buckets(buffer, self.batch_size, None):
-                    yield collate(batch, references=True, text=self.text, digest=self.digest)
+                    yield with_skips(
+                        collate(batch, references=True, text=self.text, digest=self.digest)
+                    )
                 buffer = []
         for batch in length_buckets(buffer, self.batch_size, None):
-            yield collate(batch, references=True, text=self.text, digest=self.digest)
+            yield with_skips(collate(batch, references=True, text=self.text, digest=self.digest))
+        if source.skips.counts - reported:
+            yield with_skips(empty_batch())
         if source.skips.total:
             log.warning("%s: skipped %s", source.name, source.skips.summary())
+
+
+def empty_batch() -> dict:
+    """A batch of no clips (it only carries skip counts)."""
+    return {
+        "audio": torch.zeros(0, 1),
+        "audio_mask": torch.zeros(0, 1, dtype=torch.long),
+        "prompts": [],
+        "keys": [],
+        "tasks": [],
+        "references": [],
+    }

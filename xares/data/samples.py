@@ -95,7 +95,7 @@ def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> 
             ) from error
     if wave.numel() == 0:
         raise AudioDecodeError("audio has no samples")
-    wave = wave.float().mean(0)
+    wave = peak_normalise(wave.float().mean(0))
     if rate != sample_rate:
         wave = _resampler(int(rate), sample_rate)(wave)
     if not torch.isfinite(wave).all():
@@ -103,27 +103,58 @@ def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> 
     return wave
 
 
-def extract_labels(meta: Mapping[str, Any], label_key: str, join: str | None = None) -> list[str]:
-    """The sample's answer(s): the first present of ``a;b;c``, then captions/caption/text.
+def peak_normalise(wave: torch.Tensor) -> torch.Tensor:
+    """Scale a clip whose samples exceed ±1 down to a peak of 1, as the challenge's loader does.
 
-    A list value means several references (one training example each) unless ``join`` is
-    set, which makes it one multi-label answer (``"dog;rain"``).
+    Integer PCM decodes into [-1, 1), so only float files can be clipped; those are
+    normalised before resampling, like the reference, so the resampled clip matches it.
+    """
+    peak = wave.abs().max()
+    return wave / peak if peak > 1.0 else wave
+
+
+def extract_labels(meta: Mapping[str, Any], label_key: str, join: str | None = None) -> list[str]:
+    """The sample's answer(s), read as the challenge's loader reads them.
+
+    Keys are tried in order: the dataset's ``a;b;c``, then captions/caption/text. A string
+    value is the answer even when empty (an empty label is kept, not skipped); a number
+    becomes its ``str()``. A non-empty list means several answers: one training example
+    each, and each one a reference at evaluation (a ``;``-joined string is one multi-label
+    answer). ``join`` instead makes a list one answer (``"dog;rain"``), which the challenge
+    does not do. Missing keys, ``null``, empty lists and objects fall through to the next key.
     """
     keys = [k.strip() for k in label_key.split(";") if k.strip()]
     for key in [*keys, *(k for k in FALLBACK_LABEL_KEYS if k not in keys)]:
         value = meta.get(key)
-        if value is None or value == "" or value == []:
-            continue
-        if isinstance(value, (list, tuple)):
-            values = [str(v) for v in value if v is not None and str(v) != ""]
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, (bool, int, float)):
+            return [str(value)]
+        if isinstance(value, (list, tuple)) and value:
+            values = [v if isinstance(v, str) else str(v) for v in value if v is not None]
             if not values:
                 continue
             return [join.join(values)] if join is not None else values
-        return [str(value)]
     raise LabelError(
         f"none of the label keys {keys + list(FALLBACK_LABEL_KEYS)} is in the sample's json "
         f"(it has: {sorted(meta)}); set label_key in the task file to one of those"
     )
+
+
+def looks_corrupt(text: str) -> bool:
+    """The challenge's test for a garbled label, which its loader drops.
+
+    Corrupt: more than 3 combining diacritics (U+0301..U+036F), more than half the
+    characters not letters or digits (spaces count against), or over 10 characters made of
+    fewer than 4 distinct ones. Empty text is not corrupt.
+    """
+    if not text:
+        return False
+    combining = sum(0x0300 < ord(c) < 0x0370 for c in text)
+    alphanumeric = sum(c.isalnum() for c in text)
+    if combining > 3 or (len(text) - alphanumeric) / len(text) > 0.5:
+        return True
+    return len(text) > 10 and len(set(text)) < 4
 
 
 def audio_member(sample: Mapping[str, Any]) -> tuple[str, bytes] | None:
@@ -183,6 +214,15 @@ def to_example(
     except (LabelError, json.JSONDecodeError) as error:
         skips.skip("missing label", key, str(error))
         return None
+    usable = []
+    for target in targets:
+        if looks_corrupt(target):
+            skips.skip("corrupt label", key, f"label text {target[:60]!r} looks garbled")
+        else:
+            usable.append(target)
+    if not usable:
+        return None
+    targets = usable
     try:
         audio = decode_audio(member[1], sample_rate, member[0])
     except AudioDecodeError as error:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from xares.metrics.base import Metric, MetricUnavailableError
@@ -37,35 +40,58 @@ def token_f1(predicted: list[str], reference: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+MECAT_REQUIREMENT = "mecat==1.1.0"
+INSTALL_HINT = (
+    'install the caption extra (`pip install -e ".[caption]"`, which pins '
+    f"{MECAT_REQUIREMENT}); mecat downloads its models (a Sentence-BERT encoder and the FENSE "
+    "error detector) on first use, so the first run needs network access"
+)
+
+
 class _MecatMetric(Metric):
     """Scores with ``mecat.evaluate`` on the caption task, one pair per reference.
 
-    ``mecat`` and the models it downloads on first use (a Sentence-BERT encoder and the
-    FENSE error detector) are optional; without them the metric raises
-    :class:`MetricUnavailableError` so that the evaluator can skip the task.
+    The score is mecat's as computed (FENSE can fall below 0); it is not clipped, so that it
+    equals the challenge's. ``mecat`` (1.1.0 or newer, for its ``reference_data`` argument)
+    and its models are optional; without them the metric raises
+    :class:`MetricUnavailableError` so that the evaluator can skip the task. ``scorer``
+    replaces ``mecat.evaluate`` (same keyword arguments, same result table).
     """
 
     mecat_metric: ClassVar[str] = ""
     # With explicit references mecat scores the "long" caption subtask, reported as this row.
     result_row: ClassVar[str] = "content_long"
 
-    def __init__(self, batch_size: int = 32, device: str | None = None, **metric_args: Any):
+    def __init__(
+        self,
+        batch_size: int = 32,
+        device: str | None = None,
+        scorer: Callable[..., Any] | None = None,
+        **metric_args: Any,
+    ):
         super().__init__(batch_size=batch_size, device=device, **metric_args)
         self.batch_size = batch_size
         self.device = device
+        self.scorer = scorer
 
     def _unavailable(self, reason: str) -> MetricUnavailableError:
         return MetricUnavailableError(
-            f"{self.name} is unavailable: {reason}. It needs `pip install mecat` and the "
-            "models mecat downloads on first use, which cannot be fetched offline."
+            f"{self.name} is unavailable: {reason}. To score it, {INSTALL_HINT}."
         )
 
-    def load_evaluate(self) -> Any:
-        """Import ``mecat.evaluate``, raising MetricUnavailableError if it cannot be."""
+    def load_evaluate(self) -> Callable[..., Any]:
+        """``mecat.evaluate`` (or the given scorer); MetricUnavailableError if it cannot run."""
+        if self.scorer is not None:
+            return self.scorer
         try:
             from mecat import evaluate
         except ImportError as exc:
             raise self._unavailable(f"cannot import mecat ({exc})") from exc
+        if not _accepts(evaluate, "reference_data"):
+            version = getattr(sys.modules.get("mecat"), "__version__", "unknown")
+            raise self._unavailable(
+                f"mecat {version} cannot score against given references (needs 1.1.0 or newer)"
+            )
         return evaluate
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
@@ -97,8 +123,12 @@ class _MecatMetric(Metric):
         score = float(row[self.mecat_metric])
         if math.isnan(score):
             raise RuntimeError(f"{self.name}: mecat returned NaN for '{self.result_row}'")
-        # Similarity-based scores can dip below 0; keep the common [0, 1] range.
-        return min(1.0, max(0.0, score))
+        return score
+
+
+def _accepts(function: Callable[..., Any], argument: str) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == argument or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class FENSE(_MecatMetric):

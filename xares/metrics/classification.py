@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 from typing import Any
 
 import numpy as np
 
 from xares.metrics.base import Metric
 from xares.metrics.normalise import normalise_text
-
-logger = logging.getLogger(__name__)
 
 
 class Accuracy(Metric):
@@ -23,53 +21,82 @@ class Accuracy(Metric):
         return hits / len(references)
 
 
-def split_labels(text: Any, separator: str = ";") -> set[str]:
-    """Normalised, non-empty labels of a multi-label string such as ``"Dog; Cat"``."""
-    labels = (normalise_text(part) for part in normalise_text(text, True).split(separator))
-    return {label for label in labels if label}
+def split_labels(text: Any, separator: str = ";", lenient: bool = False) -> list[str]:
+    """The labels of a multi-label string, as the challenge reads them.
+
+    The text is normalised with its punctuation kept and split on ``separator`` exactly as
+    written: ``"dog; cat"`` gives ``"dog"`` and ``" cat"``, and ``"dog;"`` gives an empty
+    label. ``lenient`` instead strips punctuation and spaces from each label and drops the
+    empty ones, so that ``"Dog ; cat."`` reads as ``dog`` and ``cat``.
+    """
+    parts = normalise_text(text, keep_punctuation=True).split(separator)
+    if not lenient:
+        return parts
+    return [label for label in map(normalise_text, parts) if label]
 
 
 class mAP(Metric):
-    """Macro average precision of multi-label predictions over the test label set.
+    """Macro average precision of multi-label answers over ``num_classes`` label columns.
 
-    Labels are ``separator``-split and normalised. The classes are the labels seen in the
-    references; predicted labels outside that set are ignored. Predictions are hard 0/1
-    scores, so a class that is never predicted scores its prevalence (sklearn's AP).
-    ``num_classes`` is the protocol's class count, used only to flag a label-set mismatch.
+    Labels come from :func:`split_labels`. Each distinct reference label gets a column;
+    predicted labels that no reference uses are ignored. Predictions are hard 0/1 scores,
+    so a class that is never predicted scores its prevalence (scikit-learn's AP), and a
+    column no reference uses scores 0 and still counts in the mean, as in the challenge's
+    scoring: a subset of a test set scores what the same answers score within the whole
+    label set. Without ``num_classes`` the columns are the labels seen in the references.
+    ``lenient_labels=True`` forgives spacing and punctuation inside the answer (not the
+    challenge's scoring, so scores are not comparable with the leaderboard).
     """
 
     name = "mAP"
 
     def __init__(
-        self, num_classes: int | None = None, separator: str = ";", **metric_args: Any
+        self,
+        num_classes: int | None = None,
+        separator: str = ";",
+        lenient_labels: bool = False,
+        **metric_args: Any,
     ) -> None:
-        super().__init__(num_classes=num_classes, separator=separator, **metric_args)
-        self.num_classes = num_classes
+        super().__init__(
+            num_classes=num_classes,
+            separator=separator,
+            lenient_labels=lenient_labels,
+            **metric_args,
+        )
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"mAP: num_classes must be a positive integer, got {num_classes!r}")
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.separator = separator
+        self.lenient_labels = bool(lenient_labels)
+
+    def labels(self, text: Any) -> list[str]:
+        return split_labels(text, self.separator, self.lenient_labels)
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
         # Deferred: scikit-learn takes about a second to import and only mAP needs it.
         from sklearn.metrics import average_precision_score
 
-        ref_sets = [split_labels(r, self.separator) for r in references]
-        classes = sorted(set().union(*ref_sets))
+        ref_labels = [self.labels(r) for r in references]
+        classes = sorted(set().union(*ref_labels))
         if not classes:
             raise ValueError("mAP: the references contain no labels")
-        if self.num_classes is not None and len(classes) > self.num_classes:
-            logger.warning(
-                "mAP: references use %d distinct labels but num_classes is %d; "
-                "check the label key and the label separator",
-                len(classes),
-                self.num_classes,
+        width = len(classes) if self.num_classes is None else self.num_classes
+        if len(classes) > width:
+            raise ValueError(
+                f"mAP: the references use {len(classes)} distinct labels but num_classes is "
+                f"{width} (first labels: {classes[:5]}); check the eval set's label_key, the "
+                "label separator and metric_args.num_classes in the task file"
             )
         index = {label: i for i, label in enumerate(classes)}
-        y_true = np.zeros((len(references), len(classes)), dtype=np.int8)
-        y_pred = np.zeros((len(predictions), len(classes)), dtype=np.float32)
-        for row, (pred, ref_set) in enumerate(zip(predictions, ref_sets)):
-            y_true[row, [index[label] for label in ref_set]] = 1
-            y_pred[row, [index[lb] for lb in split_labels(pred, self.separator) if lb in index]] = 1
-        if len(classes) == 1:
-            # A single column would be read as a binary target, not a one-class indicator.
-            return float(average_precision_score(y_true[:, 0], y_pred[:, 0]))
-        # Every column has a positive by construction, so no class is silently dropped.
-        return float(average_precision_score(y_true, y_pred, average="macro"))
+        y_true = np.zeros((len(references), width), dtype=np.float32)
+        y_pred = np.zeros((len(predictions), width), dtype=np.float32)
+        for row, (prediction, labels) in enumerate(zip(predictions, ref_labels)):
+            y_true[row, [index[label] for label in labels]] = 1
+            y_pred[row, [index[lb] for lb in self.labels(prediction) if lb in index]] = 1
+        with warnings.catch_warnings():
+            # A column without positives is expected (num_classes > labels seen); it scores 0.
+            warnings.simplefilter("ignore", UserWarning)
+            if width == 1:
+                # One column would be read as a binary target, not a one-class indicator.
+                return float(average_precision_score(y_true[:, 0], y_pred[:, 0]))
+            return float(average_precision_score(y_true, y_pred, average="macro"))

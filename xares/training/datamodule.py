@@ -60,7 +60,7 @@ class TaskDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         sample_rate: int = 16000,
         crop_seconds: float = 30.0,
-        eval_max_seconds: float = 30.0,
+        eval_max_seconds: float | None = None,
         shuffle_buffer: int = 256,
         sort_buffer: int = 128,
         eval_sort_buffer: int = 256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +45,7 @@ class AudioLLMModule(pl.LightningModule):
         self.strict_loading = False
         self._bad_steps = 0
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._dropped: dict[str, Counter] = defaultdict(Counter)
         self.results: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ speed
@@ -125,9 +126,14 @@ class AudioLLMModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def on_test_epoch_start(self) -> None:
         self._rows = defaultdict(list)
+        self._dropped = defaultdict(Counter)
         self.results = []
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        for task, counts in (batch.get("skipped") or {}).items():
+            self._dropped[task].update(counts)
+        if not batch["keys"]:
+            return
         predictions = self.model.generate(
             batch["audio"],
             batch["audio_mask"],
@@ -142,20 +148,23 @@ class AudioLLMModule(pl.LightningModule):
                 {"key": key, "prompt": prompt, "prediction": prediction, "references": refs}
             )
 
-    def _gathered_rows(self) -> dict[str, list[dict[str, Any]]]:
-        rows = dict(self._rows)
+    def _gathered_rows(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Counter]]:
+        rows, dropped = dict(self._rows), dict(self._dropped)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, rows)
-            rows = defaultdict(list)
-            for part in parts:
-                for task, items in part.items():
+            torch.distributed.all_gather_object(parts, (rows, dropped))
+            rows, dropped = defaultdict(list), defaultdict(Counter)
+            for part_rows, part_dropped in parts:
+                for task, items in part_rows.items():
                     rows[task].extend(items)
+                for task, counts in part_dropped.items():
+                    dropped[task].update(counts)
         # Deterministic order whatever the number of workers or ranks.
-        return {task: sorted(items, key=lambda r: r["key"]) for task, items in rows.items()}
+        ordered = {task: sorted(items, key=lambda r: r["key"]) for task, items in rows.items()}
+        return ordered, dropped
 
     def on_test_epoch_end(self) -> None:
-        rows = self._gathered_rows()
+        rows, dropped = self._gathered_rows()
         results = []
         for name, spec in self.eval_sets.items():
             items = rows.get(name, [])
@@ -167,6 +176,8 @@ class AudioLLMModule(pl.LightningModule):
                 "chance": spec.get("chance"),
                 "track": spec.get("track"),
                 "clips": len(items),
+                # Test samples left out, by reason (bad audio, corrupt or missing label...).
+                "dropped": dict(sorted(dropped.get(name, Counter()).items())),
                 "rows": items,
                 "score": float("nan"),
                 "note": "",
@@ -174,6 +185,14 @@ class AudioLLMModule(pl.LightningModule):
             # Several references: one scored pair per reference, as the protocol scores them.
             predictions = [r["prediction"] for r in items for _ in r["references"]]
             references = [ref for r in items for ref in r["references"]]
+            if result["dropped"]:
+                log.warning(
+                    "%s: %d test sample(s) dropped (%s); scored %d clip(s)",
+                    name,
+                    sum(result["dropped"].values()),
+                    ", ".join(f"{n} {why}" for why, n in result["dropped"].items()),
+                    len(items),
+                )
             if not predictions:
                 result["note"] = "no test samples"
                 log.warning("%s: no test samples were scored", name)
