@@ -195,3 +195,59 @@ def test_summary_without_efficiency_and_ranked_lines(tmp_path):
     assert "  eval     - clips/s (4 clips in 0.0 s of test loop)" in lines
     assert "  memory   10 MB peak (cuda max allocated)" in lines
     assert lines[-1] == "  time     setup 1.0 s, eval 2.0 s, total 3.5 s"
+
+
+class FakeEvent:
+    def __init__(self, at: float, done: bool = True):
+        self.at, self.done = at, done
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        return (end.at - self.at) * 1000.0  # milliseconds, as CUDA events give them
+
+
+def test_pending_cuda_events_are_folded_only_when_done():
+    meter = Efficiency()
+    meter._events = [(FakeEvent(0.0), FakeEvent(0.5)), (FakeEvent(1.0), FakeEvent(3.0, False))]
+    meter._fold_events(wait=False)  # without waiting: only the finished pair is read
+    assert meter._encoder_seconds == pytest.approx(0.5) and len(meter._events) == 1
+    meter._fold_events(wait=True)
+    assert meter._encoder_seconds == pytest.approx(2.5) and not meter._events
+
+
+class ConvEncoder(torch.nn.Module):
+    output_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 8, kernel_size=160, stride=160)
+
+    def forward(self, audio, audio_attention_mask=None):
+        return self.conv(audio.unsqueeze(1)).transpose(1, 2), None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_encoder_timing_with_cuda_events():
+    device = torch.device("cuda")
+    encoder = ConvEncoder().to(device)
+    module = SimpleNamespace(
+        model=SimpleNamespace(encoder=encoder), device=device, config={"data": {}}
+    )
+    meter = Efficiency()
+    meter.setup(None, module, "fit")
+    audio = torch.randn(4, 16000, device=device)
+    mask = torch.ones(4, 16000, dtype=torch.long, device=device)
+    for _ in range(300):  # more than one fold of pending events
+        encoder(audio, mask)
+    block = meter.summary()
+    assert block["encoder"]["timer"] == "cuda events" and block["encoder"]["calls"] == 300
+    assert block["encoder"]["seconds"] > 0 and not meter._events
+    assert block["encoder"]["frames_per_second"] == pytest.approx(100.0)
+    assert block["peak_memory_kind"] == "cuda max allocated" and block["peak_memory_mb"] > 0
+    assert block["device"].startswith("cuda")
