@@ -158,7 +158,8 @@ class Efficiency(pl.Callback):
     # ------------------------------------------------------------------ lightning hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self._device is None:  # first stage of the run: fit, or test alone
-            self._device = pl_module.device
+            # The module is moved to its device only after this hook; the strategy knows where.
+            self._device = trainer.strategy.root_device if trainer is not None else pl_module.device
             if self._cuda():
                 # Peaks of an earlier run in this process (a sweep) are not this run's.
                 torch.cuda.reset_peak_memory_stats(self._device)
