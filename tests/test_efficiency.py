@@ -236,11 +236,13 @@ class ConvEncoder(torch.nn.Module):
 def test_encoder_timing_with_cuda_events():
     device = torch.device("cuda")
     encoder = ConvEncoder().to(device)
+    # In ``setup`` the module has not been moved yet: the device comes from the strategy.
     module = SimpleNamespace(
-        model=SimpleNamespace(encoder=encoder), device=device, config={"data": {}}
+        model=SimpleNamespace(encoder=encoder), device=torch.device("cpu"), config={"data": {}}
     )
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=device))
     meter = Efficiency()
-    meter.setup(None, module, "fit")
+    meter.setup(trainer, module, "fit")
     audio = torch.randn(4, 16000, device=device)
     mask = torch.ones(4, 16000, dtype=torch.long, device=device)
     for _ in range(300):  # more than one fold of pending events
