@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from xares.encoders.contract import check_encoder
 from xares.metrics import METRICS
-from xares.training.callbacks import Throughput
+from xares.training.callbacks import Efficiency
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Groups that train.yaml selects from; `task` has its own test below (it needs a decoder choice).
@@ -218,7 +218,9 @@ def check_callbacks_option(option, cfg, tmp_path):
     assert checkpoint._every_n_train_steps == 200
     assert isinstance(callbacks["lr_monitor"], LearningRateMonitor)
     assert callbacks["lr_monitor"].logging_interval == "step"
-    assert isinstance(callbacks["throughput"], Throughput) and callbacks["throughput"].window == 10
+    efficiency = callbacks["efficiency"]
+    assert isinstance(efficiency, Efficiency) and efficiency.window == 10
+    assert efficiency.sample_rate == cfg.data.sample_rate
 
 
 def check_paths_option(option, cfg, tmp_path):

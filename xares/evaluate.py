@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    started = time.perf_counter()
     ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), cfg)
     checkpoint = read_checkpoint(ckpt_path)
     run_cfg = evaluation_config(cfg, checkpoint["xares_config"])
@@ -89,7 +91,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         load_trainable(module, ckpt_path, checkpoint)
         trainer = build_trainer(run_cfg)
         out = output_dir(cfg)
-        summary = evaluate_and_report(trainer, module, datamodule, out, str(run_cfg.run_name))
+        summary = evaluate_and_report(
+            trainer, module, datamodule, out, str(run_cfg.run_name), started
+        )
         (out / "checkpoint.txt").write_text(str(Path(ckpt_path).resolve()) + "\n")
         return summary
     finally:

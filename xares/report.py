@@ -17,13 +17,19 @@ def weighted_mean(results: Iterable[Mapping[str, Any]]) -> float:
     return sum(s * w for s, w in pairs) / total if total > 0 else float("nan")
 
 
-def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-task scores, a mean per track (when tasks name one) and the overall weighted mean."""
+def summarise(
+    results: Sequence[Mapping[str, Any]], efficiency: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-task scores, a mean per track (when tasks name one) and the overall weighted mean.
+
+    ``efficiency`` (what the run cost, see :class:`xares.training.callbacks.Efficiency`) is kept
+    under that key when given.
+    """
     tracks: dict[str, list] = {}
     for r in results:
         if r.get("track"):
             tracks.setdefault(r["track"], []).append(r)
-    return {
+    summary = {
         "tasks": [
             {
                 k: r.get(k)
@@ -46,6 +52,9 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         else {},
         "overall": weighted_mean(results),
     }
+    if efficiency is not None:
+        summary["efficiency"] = dict(efficiency)
+    return summary
 
 
 def _fmt(value: Any) -> str:
@@ -95,16 +104,83 @@ def format_table(summary: Mapping[str, Any]) -> str:
         for t in tasks
         if t.get("dropped")
     ]
-    return "\n".join([_render(header, lines, footer), *notes])
+    efficiency = format_efficiency(summary["efficiency"]) if summary.get("efficiency") else []
+    return "\n".join([_render(header, lines, footer), *notes, *efficiency])
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def format_efficiency(block: Mapping[str, Any]) -> list[str]:
+    """A few readable lines for the ``efficiency`` block, printed under the score table."""
+    where = block.get("device", "?")
+    if (block.get("world_size") or 1) > 1:
+        where += f"; rank {block.get('rank', 0)}'s numbers, of {block['world_size']} ranks"
+    lines = ["", f"efficiency ({where})"]
+    encoder = block.get("encoder")
+    if encoder:
+        rate = encoder.get("frames_per_second")
+        rtf = encoder.get("real_time_factor")
+        lines.append(
+            f"  encoder  {encoder['name']}, {_count(encoder['parameters'])} parameters, "
+            + (f"{rate:g} frames/s, " if rate is not None else "")
+            + (f"real-time factor {rtf:.3g}" if rtf is not None else "real-time factor -")
+            + f" ({encoder['calls']} encoder calls, {encoder.get('audio_seconds') or 0:.1f} s "
+            f"of audio in {encoder.get('seconds') or 0:.2f} s)"
+        )
+    train = block.get("train")
+    if train:
+        rate = train.get("samples_per_sec")
+        wait = train.get("data_wait_percent")
+        lines.append(
+            "  train    "
+            + (f"{rate:.1f} samples/s" if rate is not None else "- samples/s")
+            + f" after a {train.get('warmup_seconds') or 0:.2f} s first step"
+            + (f", {wait:.1f}% waiting for data" if wait is not None else "")
+            + f" ({train['steps']} steps, {train['samples']} samples)"
+        )
+    evaluation = block.get("eval")
+    if evaluation:
+        rate = evaluation.get("clips_per_sec")
+        lines.append(
+            "  eval     "
+            + (f"{rate:.1f} clips/s" if rate is not None else "- clips/s")
+            + f" ({evaluation['clips']} clips in {_seconds(evaluation.get('loop_seconds'))}"
+            " of test loop)"
+        )
+    if block.get("peak_memory_mb") is not None:
+        lines.append(
+            f"  memory   {block['peak_memory_mb']:.0f} MB peak ({block.get('peak_memory_kind')})"
+        )
+    seconds = block.get("seconds") or {}
+    phases = [
+        f"{name} {_seconds(seconds[name])}"
+        for name in ("setup", "train", "eval", "total")
+        if seconds.get(name) is not None
+    ]
+    if phases:
+        lines.append(f"  time     {', '.join(phases)}")
+    return lines
 
 
 def write_reports(
-    output_dir: str | Path, results: Sequence[Mapping[str, Any]], run_name: str | None = None
+    output_dir: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    run_name: str | None = None,
+    efficiency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the three kinds of score files into ``output_dir`` and return the summary."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(results)
+    summary = summarise(results, efficiency)
     if run_name:
         summary["run_name"] = run_name
     with open(out / "scores.tsv", "w", newline="") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from xares import report
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
+from xares.training.callbacks import Efficiency
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import finish_wandb
 from xares.training.module import AudioLLMModule
@@ -112,11 +114,19 @@ def resolve_ckpt_path(value: str | None, cfg: DictConfig) -> str | None:
 
 
 def evaluate_and_report(
-    trainer: pl.Trainer, module: AudioLLMModule, datamodule, out: Path, run_name: str | None = None
+    trainer: pl.Trainer,
+    module: AudioLLMModule,
+    datamodule,
+    out: Path,
+    run_name: str | None = None,
+    started: float | None = None,
 ):
+    meter = Efficiency.of(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
-        summary = report.write_reports(out, module.results, run_name=run_name)
+        summary = report.write_reports(
+            out, module.results, run_name=run_name, efficiency=meter.summary(started, trainer)
+        )
         print("\n" + report.format_table(summary) + f"\n\nscores written to {out}/scores.tsv")
         return summary
     return report.summarise(module.results)
@@ -124,6 +134,7 @@ def evaluate_and_report(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one encoder on one task; returns the score summary."""
+    started = time.perf_counter()
     pl.seed_everything(int(cfg.seed), workers=True)
     out = output_dir(cfg)
     try:
@@ -143,7 +154,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             load_trainable(module, ckpt_path)
         summary: dict[str, Any] = {}
         if cfg.get("evaluate", True):
-            summary = evaluate_and_report(trainer, module, datamodule, out, str(cfg.run_name))
+            summary = evaluate_and_report(
+                trainer, module, datamodule, out, str(cfg.run_name), started
+            )
         return summary
     finally:
         finish_wandb()
