@@ -228,6 +228,23 @@ class EvalSet(IterableDataset):
             log.warning("%s: skipped %s", source.name, source.skips.summary())
 
 
+class EvalSuite(IterableDataset):
+    """Every test set of a task, one after the other, through one loader.
+
+    One loader instead of one per set: worker processes start once per evaluation rather than
+    once per test set (forking a process that holds a GPU context and a decoder costs about a
+    second each time). Batches never mix sets; each row names its set under ``tasks``.
+    """
+
+    def __init__(self, sets: Sequence[EvalSet]):
+        super().__init__()
+        self.sets = list(sets)
+
+    def __iter__(self) -> Iterator[dict]:
+        for eval_set in self.sets:
+            yield from eval_set
+
+
 def empty_batch() -> dict:
     """A batch of no clips (it only carries skip counts)."""
     return {

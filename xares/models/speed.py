@@ -44,6 +44,7 @@ class Speed:
     causal_train: bool = False  # train right-padded batches without a padding mask
     compile: bool | str = False  # torch.compile the decoder step: true | false | auto (CUDA)
     compile_mode: str | None = None  # torch.compile mode; reduce-overhead = CUDA graphs
+    compile_backend: str = "inductor"  # torch.compile backend (eager: dynamo only, for checks)
     buckets: Sequence[int] | None = None  # padded sequence lengths while compiled
     text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
     generate_cache: str = "dynamic"  # dynamic | static | auto: static on CUDA
@@ -99,7 +100,11 @@ class Speed:
             "logits": self.logits,
             "causal_train": self.causal_train,
             "compile": compiled,
-            "compile_args": {"mode": self.compile_mode, "dynamic": False},
+            "compile_args": {
+                "mode": self.compile_mode,
+                "backend": self.compile_backend,
+                "dynamic": False,
+            },
             "buckets": self.buckets if self.shaped else None,
             "generate_cache": self._resolved_cache,
         }
@@ -136,11 +141,17 @@ class Compiled:
         self.eager = fn
         self.name = name
         self.compiled = torch.compile(fn, **compile_args)
+        # CUDA graphs replay into the same output memory: a new step begins at each call, and
+        # the returned loss is copied out before the loop logs it past the next replay.
+        self.graphs = "reduce-overhead" in str(compile_args.get("mode") or "")
         self.failed: BaseException | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed is None:
             try:
+                if self.graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return self.compiled(*args, **kwargs).clone()
                 return self.compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager
                 self.failed = error

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from xares.data.mixing import DatasetSource, EvalSet, TrainMixture
+from xares.data.mixing import DatasetSource, EvalSet, EvalSuite, TrainMixture
 from xares.data.shards import resolve_shards
 
 log = logging.getLogger(__name__)
@@ -160,27 +160,26 @@ class TaskDataModule(pl.LightningDataModule):
             mixture.offset = self.trainer.global_step
         return self._loader(mixture)
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def test_dataloader(self) -> DataLoader:
+        """One loader over every test set in order (see :class:`EvalSuite`)."""
         self._resolve("test", self.download)
         specs = self.eval_specs
-        loaders = []
+        sets = []
         for source in self.eval_sources:
             batch_size = self.eval_batch_size
             if batch_size is None and self._on_cuda():
                 batch_size = self.cuda_eval_batch_size
             batch_size = batch_size or int(specs[source.name].get("batch_size") or 8)
-            loaders.append(
-                self._loader(
-                    EvalSet(
-                        source,
-                        batch_size=batch_size,
-                        sample_rate=self.sample_rate,
-                        max_seconds=self.eval_max_seconds,
-                        sort_buffer=self.eval_sort_buffer,
-                        limit=self.eval_limit,
-                        text=self.text,
-                        digest=self.digest,
-                    )
+            sets.append(
+                EvalSet(
+                    source,
+                    batch_size=batch_size,
+                    sample_rate=self.sample_rate,
+                    max_seconds=self.eval_max_seconds,
+                    sort_buffer=self.eval_sort_buffer,
+                    limit=self.eval_limit,
+                    text=self.text,
+                    digest=self.digest,
                 )
             )
-        return loaders
+        return self._loader(EvalSuite(sets))
