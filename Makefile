@@ -14,7 +14,7 @@ ARGS ?=
 .DEFAULT_GOAL := help
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## Create .venv with xares and everything it needs (no-op when up to date)
 
@@ -51,6 +51,9 @@ report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...)
 bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof that xares learns
 	$(PY) experiments/compare_encoders.py --encoders mel,dummy --experiment demo $(if $(ARGS),-- $(ARGS))
 
+bench-speed: install ## Reference setting vs fast path, train + generate + test loop: make bench-speed ARGS="--seconds 2.25"
+	$(PY) experiments/bench_speed.py $(ARGS)
+
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -63,4 +66,4 @@ clean: ## Remove caches and run outputs (keeps .venv and xares_data)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install test test-full demo data train sweep report bench lint format clean
+.PHONY: help install test test-full demo data train sweep report bench bench-speed lint format clean

@@ -26,6 +26,7 @@ import os
 import random
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         gen_batch=64,
         new_tokens=150,
         workers=4,
+        test_task="mini",
     ),
     # A couple of minutes on two CPU cores: the tiny decoder, short clips.
     "cpu": dict(
@@ -78,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         gen_batch=16,
         new_tokens=8,
         workers=0,
+        test_task="smoke",
     ),
 }
 WORDS = "dog cat bird rain engine speech music bell siren wind water door car laugh".split()
@@ -277,6 +280,59 @@ def time_generation(args, setting: str, device: torch.device, batch: int) -> dic
     }
 
 
+def time_test_loop(args, setting: str, device: torch.device) -> dict[str, Any]:
+    """The real evaluation: ``train=false`` through Lightning's test loop, loaders and scoring.
+
+    Clips per second come from the run's own efficiency block (time inside the test loop).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from xares.train import train
+
+    out = args.work / f"test-loop-{setting}"
+    overrides = [
+        f"task={args.test_task}",
+        "train=false",
+        f"speed={setting}",
+        f"llm={args.llm}",
+        "encoder=dummy",
+        f"encoder.frame_rate={args.frame_rate}",
+        f"encoder.output_dim={args.dim}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"generation.max_new_tokens={args.new_tokens}",
+        f"data.num_workers={args.workers}",
+        f"paths.data_dir={args.data_dir}",
+        f"paths.log_dir={out}",
+    ]
+    if setting == "reference":
+        overrides.append("data.eval_batch_size=4")
+    if args.test_limit:
+        overrides.append(f"data.eval_limit={args.test_limit}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides + list(args.override), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+        del cfg["hydra"]
+    summary = train(cfg)
+    evaluation = summary["efficiency"]["eval"]
+    return {
+        "phase": "test loop",
+        "setting": setting,
+        "batch": int(cfg.data.eval_batch_size or 0) or "per set",
+        "samples_per_s": evaluation["clips_per_sec"],
+        "warmup_s": 0.0,
+        "peak_memory": peak_memory(device),
+        "data_wait_pct": None,
+        "clips": evaluation["clips"],
+        "overall": summary.get("overall"),
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     header = ["phase", "setting", "batch", "samples/s", "warm-up s", "peak memory", "data wait"]
     lines = [
@@ -316,6 +372,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-batch", type=int, help="fast path's generation batch")
     parser.add_argument("--new-tokens", type=int, help="max new tokens per answer")
     parser.add_argument("--workers", type=int, help="loader worker processes")
+    parser.add_argument(
+        "--test-task", help="task whose test sets the test-loop phase scores ('none': skip)"
+    )
+    parser.add_argument("--test-limit", type=int, help="clips per test set in the test loop")
+    parser.add_argument(
+        "--data-dir", type=Path, help="where generated suites live (default: $XARES_DATA_HOME)"
+    )
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument(
         "override", nargs="*", default=[], help="config overrides for both settings"
@@ -327,6 +390,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.device = device
+    args.data_dir = args.data_dir or Path(os.environ.get("XARES_DATA_HOME", ROOT / "xares_data"))
     return args
 
 
@@ -353,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         "train": train_fast["samples_per_s"] / train_ref["samples_per_s"],
         "generate": gen_fast["samples_per_s"] / gen_ref["samples_per_s"],
     }
+    if args.test_task != "none":
+        with tempfile.TemporaryDirectory() as work:
+            args.work = Path(work)
+            loops = [time_test_loop(args, setting, device) for setting in ("reference", "fast")]
+        rows += loops
+        speedup["test_loop"] = loops[1]["samples_per_s"] / loops[0]["samples_per_s"]
     result = {
         "args": {
             k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in vars(args).items()
@@ -376,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if train_fast.get("feature_cache"):
         print(f"feature cache (fast): {train_fast['feature_cache']}")
     print(f"results written to {path}")
+    if "test_loop" in speedup:
+        print(f"test loop (real loaders, generation, scoring): {speedup['test_loop']:.1f}x")
     print(f"speedup: train {speedup['train']:.1f}x, generate {speedup['generate']:.1f}x")
     return 0
 

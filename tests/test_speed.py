@@ -276,6 +276,8 @@ def test_speed_benchmark_runs_both_settings_and_reports_the_ratio(tmp_path):
         "--gen-clips=4",
         "--gen-batch=4",
         "--new-tokens=3",
+        "--test-limit=4",
+        f"--data-dir={tmp_path / 'data'}",
         f"--json={out}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -284,7 +286,10 @@ def test_speed_benchmark_runs_both_settings_and_reports_the_ratio(tmp_path):
     assert re.fullmatch(r"speedup: train \d+\.\dx, generate \d+\.\dx", lines[-1])
     report = json.loads(out.read_text())
     rows = {(r["phase"], r["setting"]) for r in report["rows"]}
-    assert rows == {(p, s) for p in ("train", "generate") for s in ("reference", "fast")}
+    phases = ("train", "generate", "test loop")
+    assert rows == {(p, s) for p in phases for s in ("reference", "fast")}
+    loops = [r for r in report["rows"] if r["phase"] == "test loop"]
+    assert all(r["clips"] == 8 for r in loops)  # smoke: two test sets, limited to 4 clips each
     assert all(r["samples_per_s"] > 0 and r["warmup_s"] >= 0 for r in report["rows"])
     assert report["speedup"]["train"] > 0 and report["identical_answers"].endswith("/4")
     # On a CPU the fast path resolves to fp32 eager: the same first loss as the reference.

@@ -67,6 +67,10 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
         if cfg.get("task") is not None:
             merged.task = cfg.task
         merged.trainer = cfg.trainer
+        # How to run is this command's choice (a checkpoint trained on a GPU can be scored on
+        # a CPU); what to compute still comes from the checkpoint.
+        if cfg.get("speed") is not None:
+            merged.speed = cfg.speed
         merged.logger = cfg.get("logger") or {}
         merged.callbacks = {}
         merged.paths = cfg.paths
