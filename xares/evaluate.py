@@ -9,10 +9,9 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xares.train import (
+from xares.pipeline import (
     CONFIG_DIR,
     build_datamodule,
     build_module,
@@ -20,44 +19,11 @@ from xares.train import (
     evaluate_and_report,
     output_dir,
     prepare_task,
-    resolve_ckpt_path,
 )
+from xares.training.checkpoint import load_trainable, read_checkpoint, resolve_ckpt_path
 from xares.training.loggers import finish_wandb
-from xares.training.module import AudioLLMModule
 
 log = logging.getLogger(__name__)
-
-
-def read_checkpoint(path: str) -> dict[str, Any]:
-    # Our own checkpoints hold a config dict next to the tensors, which needs full unpickling.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "xares_config" not in checkpoint:
-        raise ValueError(f"{path} is not an xares checkpoint (no saved config)")
-    return checkpoint
-
-
-def load_trainable(module: AudioLLMModule, ckpt_path: str, checkpoint: dict | None = None) -> None:
-    """Load projector + LoRA weights; every trainable tensor must be in the checkpoint."""
-    checkpoint = checkpoint or read_checkpoint(ckpt_path)
-    state = checkpoint["state_dict"]
-    own = module.state_dict()  # already only the trainable tensors (see AudioLLMModule)
-    expected = set(own)
-    missing = sorted(expected - set(state))
-    if missing:
-        raise KeyError(
-            f"{ckpt_path} lacks {len(missing)} trainable tensors (e.g. {missing[:3]}); was it "
-            "trained with a different encoder, projector or LoRA setting?"
-        )
-    wrong = [k for k in expected if tuple(state[k].shape) != tuple(own[k].shape)]
-    if wrong:
-        raise ValueError(f"{ckpt_path}: shape mismatch for {wrong[:3]}")
-    module.load_state_dict({k: state[k] for k in expected}, strict=False)
-    log.info(
-        "loaded %d trainable tensors from %s (step %s)",
-        len(expected),
-        ckpt_path,
-        checkpoint.get("global_step"),
-    )
 
 
 def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
@@ -84,7 +50,8 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), cfg)
+    out = output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), cfg, here=out)
     checkpoint = read_checkpoint(ckpt_path)
     run_cfg = evaluation_config(cfg, checkpoint["xares_config"])
     pl.seed_everything(int(run_cfg.seed), workers=True)
@@ -94,7 +61,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         module = build_module(run_cfg, datamodule)
         load_trainable(module, ckpt_path, checkpoint)
         trainer = build_trainer(run_cfg)
-        out = output_dir(cfg)
         summary = evaluate_and_report(
             trainer, module, datamodule, out, str(run_cfg.run_name), started
         )
