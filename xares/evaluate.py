@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xares.pipeline import (
@@ -20,16 +21,47 @@ from xares.pipeline import (
     output_dir,
     prepare_task,
 )
-from xares.training.checkpoint import load_trainable, read_checkpoint, resolve_ckpt_path
+from xares.run_dir import claim_run_dir
+from xares.training.checkpoint import (
+    MODEL_SECTIONS,
+    check_compatible,
+    load_trainable,
+    resolve_checkpoint,
+)
 from xares.training.loggers import finish_wandb
+from xares.training.termination import stop_on_sigterm
+from xares.validation import check_data, check_run
 
 log = logging.getLogger(__name__)
 
 
+def _command_line_keys() -> set[str]:
+    """The config keys this command's overrides name (``encoder=mel`` → ``encoder``, ...)."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # no Hydra run
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] for o in overrides}
+
+
 def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
-    """The saved training config, with this command's task, trainer, logger and overrides."""
+    """The saved training config, with this command's task, trainer, logger and overrides.
+
+    The model comes from the checkpoint. An option chosen on the command line
+    (``encoder=mel``) replaces the saved section; a setting (``+encoder.name_or_path=...``)
+    edits it. A decoder that a task file brings along is not the user's choice and is ignored.
+    """
     merged = OmegaConf.create(saved)
+    given = _command_line_keys()
     with open_dict(merged):
+        for section in MODEL_SECTIONS:
+            if cfg.get(section) is None:
+                continue
+            chosen = OmegaConf.to_container(cfg[section], resolve=False)
+            if section in given:
+                merged[section] = chosen
+            elif any(k.startswith(f"{section}.") for k in given):
+                merged[section] = OmegaConf.merge(merged.get(section) or {}, chosen)
         if cfg.get("task") is not None:
             merged.task = cfg.task
         merged.trainer = cfg.trainer
@@ -51,23 +83,35 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out = output_dir(cfg)
-    ckpt_path = resolve_ckpt_path(str(cfg.ckpt_path), cfg, here=out)
-    checkpoint = read_checkpoint(ckpt_path)
-    run_cfg = evaluation_config(cfg, checkpoint["xares_config"])
-    pl.seed_everything(int(run_cfg.seed), workers=True)
-    try:
-        prepare_task(run_cfg)
-        datamodule = build_datamodule(run_cfg)
-        module = build_module(run_cfg, datamodule)
-        load_trainable(module, ckpt_path, checkpoint)
-        trainer = build_trainer(run_cfg)
-        summary = evaluate_and_report(
-            trainer, module, datamodule, out, str(run_cfg.run_name), started
-        )
-        (out / "checkpoint.txt").write_text(str(Path(ckpt_path).resolve()) + "\n")
-        return summary
-    finally:
-        finish_wandb()
+    with stop_on_sigterm():
+        try:
+            claim_run_dir(out)
+            ckpt_path, checkpoint = resolve_checkpoint(str(cfg.ckpt_path), cfg, here=out)
+            run_cfg = evaluation_config(cfg, checkpoint["xares_config"])
+            check_compatible(
+                ckpt_path, checkpoint, run_cfg, allow=bool(cfg.get("allow_ckpt_mismatch"))
+            )
+            task = check_run(run_cfg, train=False, evaluate=True)
+            pl.seed_everything(int(run_cfg.seed), workers=True)
+            prepare_task(run_cfg)
+            check_data(task, train=False, evaluate=True, data_dir=str(run_cfg.paths.data_dir))
+
+            datamodule = build_datamodule(run_cfg, task)
+            module = build_module(run_cfg, datamodule)
+            load_trainable(module, ckpt_path, checkpoint)
+            trainer = build_trainer(run_cfg)
+            (out / "checkpoint.txt").write_text(str(Path(ckpt_path).resolve()) + "\n")
+            return evaluate_and_report(
+                trainer,
+                module,
+                datamodule,
+                out,
+                str(run_cfg.run_name),
+                started,
+                allow_partial=bool(cfg.get("allow_partial")),
+            )
+        finally:
+            finish_wandb()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

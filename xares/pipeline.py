@@ -7,18 +7,20 @@ the other.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xares import report
+from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.training.callbacks import Efficiency
+from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
 from xares.training.module import AudioLLMModule
 
@@ -33,6 +35,14 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
+class IncompleteEvaluationError(RuntimeError):
+    """Some test set had no scorable sample, and the run did not allow a partial overall."""
+
+
+class ReportWriteError(OSError):
+    """The score files could not be written (the table was printed)."""
+
+
 def output_dir(cfg: DictConfig) -> Path:
     try:
         return Path(cfg.paths.output_dir)
@@ -42,16 +52,15 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def prepare_task(cfg: DictConfig) -> None:
     """Generate a task's data when the task file says how (generated suites)."""
-    os.environ["XARES_DATA_HOME"] = str(cfg.paths.data_dir)
     if cfg.task.get("prepare") is not None:
         call(cfg.task.prepare)
 
 
-def build_datamodule(cfg: DictConfig) -> TaskDataModule:
-    task = OmegaConf.to_container(cfg.task, resolve=True)
+def build_datamodule(cfg: DictConfig, task: TaskSpec | None = None) -> TaskDataModule:
     return TaskDataModule(
-        task=task,
+        task=task or OmegaConf.to_container(cfg.task, resolve=True),
         seed=int(cfg.seed),
+        data_dir=str(cfg.paths.data_dir),
         cuda_eval_batch_size=(cfg.get("speed") or {}).get("eval_batch_size"),
         **OmegaConf.to_container(cfg.data, resolve=True),
     )
@@ -82,7 +91,13 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             log.info("callback %s skipped: it needs a logger (logger=none)", name)
             continue
         callbacks.append(instantiate(spec))
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    plugins = list(instantiate(cfg.trainer.get("plugins")) or [])
+    return instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[*plugins, VerifiedCheckpointIO()],
+    )
 
 
 def evaluate_and_report(
@@ -92,13 +107,39 @@ def evaluate_and_report(
     out: Path,
     run_name: str | None = None,
     started: float | None = None,
-):
+    allow_partial: bool = False,
+) -> dict[str, Any]:
+    """Generate and score every test set, print the table, write the score files.
+
+    The table is printed before anything is written, so a result survives an unwritable
+    run directory. A test set without a single scorable sample fails the run (after the
+    files are written) unless ``allow_partial``, which keeps the overall over the others
+    and marks it partial. ``started`` (``time.perf_counter()`` at the run's start) times
+    the run's phases for the efficiency block.
+    """
     meter = Efficiency.of(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    if trainer.is_global_zero:
-        summary = report.write_reports(
-            out, module.results, run_name=run_name, efficiency=meter.summary(started, trainer)
-        )
-        print("\n" + report.format_table(summary) + f"\n\nscores written to {out}/scores.tsv")
+    summary = report.summarise(module.results, meter.summary(started, trainer))
+    if not trainer.is_global_zero:
         return summary
-    return report.summarise(module.results)
+    print("\n" + report.format_table(summary), flush=True)
+    try:
+        report.write_reports(out, module.results, run_name=run_name, summary=summary)
+    except OSError as error:
+        raise ReportWriteError(
+            f"the score files could not be written to {out}: {error}. The table above is this "
+            "run's result; make the directory writable to keep the files next time."
+        ) from error
+    print(f"\nscores written to {out}/scores.tsv", flush=True)
+    empty = [t for t in summary["tasks"] if not t["clips"]]
+    if empty:
+        described = "; ".join(f"{t['task']}: {t['note']}" for t in empty)
+        if not allow_partial:
+            raise IncompleteEvaluationError(
+                f"{len(empty)} test set(s) had no scorable sample ({described}). The overall "
+                "would silently leave them out: fix the test shards (each skipped sample is "
+                f"logged with its shard and key), or pass allow_partial=true to accept an "
+                f"overall over the other sets, marked partial in {out}/scores.json."
+            )
+        log.warning("partial result (allow_partial=true): %s", described)
+    return summary

@@ -22,35 +22,26 @@ def summarise(
 ) -> dict[str, Any]:
     """Per-task scores, a mean per track (when tasks name one) and the overall weighted mean.
 
-    ``efficiency`` (what the run cost, see :class:`xares.training.callbacks.Efficiency`) is kept
-    under that key when given.
+    ``partial`` is true when some test set has no score (no scorable samples, or a metric
+    that could not run): the overall is then the mean of the others, and ``overall_weight``
+    the weight it was taken over. ``efficiency`` (what the run cost, see
+    :class:`xares.training.callbacks.Efficiency`) is kept under that key when given.
     """
     tracks: dict[str, list] = {}
     for r in results:
         if r.get("track"):
             tracks.setdefault(r["track"], []).append(r)
+    fields = ("task", "metric", "score", "weight", "chance", "track", "clips", "dropped", "note")
+    scored = [r for r in results if not math.isnan(r["score"])]
     summary = {
-        "tasks": [
-            {
-                k: r.get(k)
-                for k in (
-                    "task",
-                    "metric",
-                    "score",
-                    "weight",
-                    "chance",
-                    "track",
-                    "clips",
-                    "dropped",
-                    "note",
-                )
-            }
-            for r in results
-        ],
+        "tasks": [{k: r.get(k) for k in fields} for r in results],
         "tracks": {name: weighted_mean(rs) for name, rs in tracks.items()}
         if len(tracks) > 1
         else {},
         "overall": weighted_mean(results),
+        "overall_weight": sum(float(r["weight"]) for r in scored),
+        "partial": len(scored) < len(results),
+        "unscored": [r["task"] for r in results if math.isnan(r["score"])],
     }
     if efficiency is not None:
         summary["efficiency"] = dict(efficiency)
@@ -97,7 +88,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
         [f"mean {track}", "", _fmt(score), "", *blank, ""]
         for track, score in summary.get("tracks", {}).items()
     ]
-    footer.append(["overall (weighted)", "", _fmt(summary["overall"]), "", *blank, ""])
+    label = "overall (weighted)"
+    if summary.get("partial"):
+        label = f"overall (PARTIAL: without {', '.join(summary['unscored'])})"
+    footer.append([label, "", _fmt(summary["overall"]), "", *blank, ""])
     notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
     notes += [
         f"  {t['task']}: dropped " + ", ".join(f"{n} ({why})" for why, n in t["dropped"].items())
@@ -171,32 +165,43 @@ def format_efficiency(block: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _skips(dropped: Mapping[str, int] | None) -> str:
+    return "; ".join(f"{n} {reason}" for reason, n in (dropped or {}).items())
+
+
 def write_reports(
     output_dir: str | Path,
     results: Sequence[Mapping[str, Any]],
     run_name: str | None = None,
     efficiency: Mapping[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the three kinds of score files into ``output_dir`` and return the summary."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(results, efficiency)
+    summary = summary if summary is not None else summarise(results, efficiency)
     if run_name:
         summary["run_name"] = run_name
     with open(out / "scores.tsv", "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["task", "metric", "score", "weight"])
+        writer.writerow(["task", "metric", "score", "weight", "clips", "dropped"])
         for t in summary["tasks"]:
-            writer.writerow([t["task"], t["metric"], _fmt(t["score"]), t["weight"]])
+            writer.writerow(
+                [
+                    t["task"],
+                    t["metric"],
+                    _fmt(t["score"]),
+                    t["weight"],
+                    t["clips"],
+                    _skips(t["dropped"]),
+                ]
+            )
         for track, score in summary["tracks"].items():
-            writer.writerow([f"mean_{track}", "weighted_mean", _fmt(score), ""])
+            writer.writerow([f"mean_{track}", "weighted_mean", _fmt(score), "", "", ""])
+        # The weight of the sets the mean was taken over: less than the total when partial.
+        overall = "weighted_mean_partial" if summary["partial"] else "weighted_mean"
         writer.writerow(
-            [
-                "overall",
-                "weighted_mean",
-                _fmt(summary["overall"]),
-                sum(t["weight"] for t in summary["tasks"]),
-            ]
+            ["overall", overall, _fmt(summary["overall"]), summary["overall_weight"], "", ""]
         )
     with open(out / "scores.json", "w") as f:
         json.dump(_json_safe(summary), f, indent=2)

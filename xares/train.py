@@ -1,4 +1,4 @@
-"""``python train.py``: compose → build → fit → evaluate → report. Returns the overall score."""
+"""``python train.py``: compose → check → build → fit → evaluate → report. Returns the overall score."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from xares.data.task_spec import TaskSpec
 from xares.pipeline import (
     CONFIG_DIR,
     build_datamodule,
@@ -20,8 +21,16 @@ from xares.pipeline import (
     output_dir,
     prepare_task,
 )
-from xares.training.checkpoint import load_trainable, resolve_ckpt_path
+from xares.run_dir import claim_run_dir
+from xares.training.checkpoint import (
+    check_compatible,
+    check_writable,
+    load_trainable,
+    resolve_checkpoint,
+)
 from xares.training.loggers import finish_wandb
+from xares.training.termination import stop_on_sigterm
+from xares.validation import check_data, check_run
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +38,47 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one encoder on one task; returns the score summary."""
     started = time.perf_counter()
-    pl.seed_everything(int(cfg.seed), workers=True)
     out = output_dir(cfg)
-    try:
-        prepare_task(cfg)
-        datamodule = build_datamodule(cfg)
-        module = build_module(cfg, datamodule)
-        trainer = build_trainer(cfg)
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, here=out)
-        if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            if not trainer.fast_dev_run:
-                # Every rank must call save_checkpoint (it is collective); rank 0 writes.
-                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-        elif ckpt_path:
-            load_trainable(module, ckpt_path)
-        summary: dict[str, Any] = {}
-        if cfg.get("evaluate", True):
-            summary = evaluate_and_report(
-                trainer, module, datamodule, out, str(cfg.run_name), started
-            )
-        return summary
-    finally:
-        finish_wandb()
+    fit, evaluate = bool(cfg.get("train", True)), bool(cfg.get("evaluate", True))
+    with stop_on_sigterm():
+        try:
+            claim_run_dir(out)
+            # Everything that can be checked without data or weights, in seconds.
+            task: TaskSpec = check_run(cfg, train=fit, evaluate=evaluate)
+            resolved = resolve_checkpoint(cfg.get("ckpt_path"), cfg, here=out)
+            if resolved is not None:
+                check_compatible(*resolved, cfg, allow=bool(cfg.get("allow_ckpt_mismatch")))
+            if fit:
+                check_writable(out / "checkpoints")
+            pl.seed_everything(int(cfg.seed), workers=True)
+            prepare_task(cfg)
+            check_data(task, train=fit, evaluate=evaluate, data_dir=str(cfg.paths.data_dir))
+
+            datamodule = build_datamodule(cfg, task)
+            module = build_module(cfg, datamodule)
+            trainer = build_trainer(cfg)
+            if fit:
+                ckpt_path = resolved[0] if resolved else None
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+                if not trainer.fast_dev_run:
+                    # Every rank must call save_checkpoint (it is collective); rank 0 writes.
+                    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+            elif resolved is not None:
+                load_trainable(module, *resolved)
+            summary: dict[str, Any] = {}
+            if evaluate:
+                summary = evaluate_and_report(
+                    trainer,
+                    module,
+                    datamodule,
+                    out,
+                    str(cfg.run_name),
+                    started,
+                    allow_partial=bool(cfg.get("allow_partial")),
+                )
+            return summary
+        finally:
+            finish_wandb()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

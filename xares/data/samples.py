@@ -46,14 +46,15 @@ class SkipCounter:
     dataset: str
     counts: Counter = field(default_factory=Counter)
 
-    def skip(self, reason: str, key: str, detail: str) -> None:
+    def skip(self, reason: str, key: str, detail: str, shard: str | None = None) -> None:
         self.counts[reason] += 1
         count = self.counts[reason]
         if count <= 3 or count % 100 == 0:
             log.warning(
-                "%s: skipped sample %s (%s, %d so far): %s",
+                "%s: skipped sample %s%s (%s, %d so far): %s",
                 self.dataset,
                 key,
+                f" in {shard}" if shard else "",
                 reason,
                 count,
                 detail,
@@ -198,26 +199,34 @@ def to_example(
 ) -> Example | None:
     """Decode one raw sample; ``None`` (and a counted skip) when it cannot be used."""
     key = str(sample.get("__key__", "?"))
+    shard = sample.get("__url__")
     member = audio_member(sample)
     if member is None:
-        skips.skip(
-            "no audio", key, f"members: {sorted(k for k in sample if not k.startswith('__'))}"
-        )
+        members = sorted(k for k in sample if not k.startswith("__"))
+        skips.skip("no audio", key, f"members: {members}", shard)
         return None
     raw_meta = sample.get("json")
     if raw_meta is None:
-        skips.skip("no json", key, "the sample has no .json member with labels")
+        skips.skip("no json", key, "the sample has no .json member with labels", shard)
         return None
     try:
         meta = json.loads(raw_meta) if isinstance(raw_meta, (bytes, str)) else raw_meta
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        skips.skip("bad json", key, f"the .json member is not UTF-8 JSON: {error}", shard)
+        return None
+    if not isinstance(meta, Mapping):
+        detail = f"the .json member holds a {type(meta).__name__}, not an object of label fields"
+        skips.skip("bad json", key, detail, shard)
+        return None
+    try:
         targets = extract_labels(meta, label_key, label_join)
-    except (LabelError, json.JSONDecodeError) as error:
-        skips.skip("missing label", key, str(error))
+    except LabelError as error:
+        skips.skip("missing label", key, str(error), shard)
         return None
     usable = []
     for target in targets:
         if looks_corrupt(target):
-            skips.skip("corrupt label", key, f"label text {target[:60]!r} looks garbled")
+            skips.skip("corrupt label", key, f"label text {target[:60]!r} looks garbled", shard)
         else:
             usable.append(target)
     if not usable:
@@ -226,6 +235,6 @@ def to_example(
     try:
         audio = decode_audio(member[1], sample_rate, member[0])
     except AudioDecodeError as error:
-        skips.skip("bad audio", key, str(error))
+        skips.skip("bad audio", key, str(error), shard)
         return None
     return Example(key=key, audio=audio, prompt=prompt, targets=targets, task=task)

@@ -81,7 +81,12 @@ class MissingShardError(FileNotFoundError):
 
     @classmethod
     def build(
-        cls, missing: Iterable[MissingShard], *, download: bool = True, task: str | None = None
+        cls,
+        missing: Iterable[MissingShard],
+        *,
+        download: bool = True,
+        task: str | None = None,
+        cache: Path | None = None,
     ) -> MissingShardError:
         """The error for ``missing``; ``download=False`` explains why remote ones were not fetched."""
         missing = list(missing)
@@ -89,7 +94,7 @@ class MissingShardError(FileNotFoundError):
             reason = "downloading is disabled (download=False)"
         else:
             reason = "offline mode is on (offline=True, HF_HUB_OFFLINE=1 or XARES_OFFLINE=1)"
-        return cls(_missing_message(missing, reason, task), missing)
+        return cls(_missing_message(missing, reason, task, cache), missing)
 
 
 class DownloadError(OSError):
@@ -248,14 +253,14 @@ def _safe_parts(path: str, what: str) -> list[str]:
     return parts
 
 
-def _url_cache_path(url: str) -> Path:
+def _url_cache_path(url: str, cache: Path | None = None) -> Path:
     split = urllib.parse.urlsplit(url)
     # ':' in "host:port" is not portable as a directory name.
     host = (split.hostname or "unknown-host") + (f"_{split.port}" if split.port else "")
     raw_path = urllib.parse.unquote(split.path)
     if raw_path.endswith("/") or not raw_path.strip("/"):
         raw_path = raw_path.rstrip("/") + "/index"
-    dest = data_home() / "urls" / host
+    dest = (cache or data_home()) / "urls" / host
     if split.query:
         # Same path with another query can be another file; keep the file name
         # (webdataset and humans read the extension) and separate by a directory.
@@ -280,6 +285,7 @@ def resolve_shards(
     offline: bool | None = None,
     progress: bool = True,
     task: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[str]:
     """Turn shard patterns into local file paths, downloading what is missing.
 
@@ -294,7 +300,8 @@ def resolve_shards(
     ``MissingShardError`` once, naming every shard that is absent and cannot be
     fetched (``download=False``, or offline: ``HF_HUB_OFFLINE=1`` /
     ``XARES_OFFLINE=1`` when ``offline`` is None). ``task`` only personalises
-    the fetch command printed in that error.
+    the fetch command printed in that error. ``cache_dir`` is the download cache
+    (a run passes its ``paths.data_dir``); ``None`` means ``data_home()``.
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -302,12 +309,13 @@ def resolve_shards(
         offline = _offline_from_env()
     may_fetch = download and not offline
     base = Path(root).expanduser() if root is not None else None
+    cache = Path(cache_dir).expanduser().resolve() if cache_dir is not None else data_home()
 
     planned: list[Path | _Remote] = []
     missing: list[MissingShard] = []
     for pattern in patterns:
         for shard in expand_pattern(os.fspath(pattern)):
-            for item in _plan(shard, repo_id, base):
+            for item in _plan(shard, repo_id, base, cache):
                 if isinstance(item, MissingShard):
                     missing.append(item)
                 elif isinstance(item, _Remote) and not may_fetch:
@@ -316,7 +324,7 @@ def resolve_shards(
                     planned.append(item)
 
     if missing:
-        raise MissingShardError.build(missing, download=download, task=task)
+        raise MissingShardError.build(missing, download=download, task=task, cache=cache)
 
     remote = [item for item in planned if isinstance(item, _Remote)]
     result: list[str] = []
@@ -336,16 +344,16 @@ def resolve_shards(
     return result
 
 
-def _plan(shard: str, repo_id: str | None, base: Path | None) -> list[_Planned]:
+def _plan(shard: str, repo_id: str | None, base: Path | None, cache: Path) -> list[_Planned]:
     if _URL_RE.match(shard):
-        dest = _url_cache_path(shard)
+        dest = _url_cache_path(shard, cache)
         return [dest if dest.is_file() else _Remote(shard, shard, dest)]
     if shard.startswith("file://"):
         shard = urllib.request.url2pathname(urllib.parse.urlsplit(shard).path)
 
     as_path = Path(shard).expanduser()
     if repo_id and not as_path.is_absolute():
-        return _plan_hub(shard, repo_id, base)
+        return _plan_hub(shard, repo_id, base, cache)
 
     full = as_path if as_path.is_absolute() else (base or Path.cwd()) / as_path
     full = Path(os.path.abspath(full))
@@ -356,9 +364,9 @@ def _plan(shard: str, repo_id: str | None, base: Path | None) -> list[_Planned]:
     return [full] if full.is_file() else [MissingShard(shard, str(full))]
 
 
-def _plan_hub(shard: str, repo_id: str, base: Path | None) -> list[_Planned]:
+def _plan_hub(shard: str, repo_id: str, base: Path | None, cache: Path) -> list[_Planned]:
     parts = _safe_parts(shard, "repository path")
-    repo_dir = data_home().joinpath(*_safe_parts(repo_id, "repo_id"))
+    repo_dir = cache.joinpath(*_safe_parts(repo_id, "repo_id"))
     cached = repo_dir.joinpath(*parts)
     if _GLOB_CHARS.search(shard):
         # The hub resolve endpoint serves single files, so a glob can only be
@@ -378,7 +386,9 @@ def _plan_hub(shard: str, repo_id: str, base: Path | None) -> list[_Planned]:
     return [_Remote(shard, hub_url(repo_id, "/".join(parts)), cached)]
 
 
-def _missing_message(missing: list[MissingShard], reason: str, task: str | None) -> str:
+def _missing_message(
+    missing: list[MissingShard], reason: str, task: str | None, cache: Path | None = None
+) -> str:
     remote = [item for item in missing if item.url]
     if remote:
         head = f"{len(missing)} shard(s) are missing ({len(remote)} remote, not fetched: {reason}):"
@@ -400,8 +410,8 @@ def _missing_message(missing: list[MissingShard], reason: str, task: str | None)
             "Fetch them on a machine with network access with",
             f"  make data TASK={name}",
             f"  python -m xares.data.prefetch task={name}",
-            "or set XARES_DATA_HOME to a directory that already holds them "
-            f"(now {data_home()}), or HF_ENDPOINT to a reachable mirror (now {hf_endpoint()}).",
+            "or set paths.data_dir (or XARES_DATA_HOME) to a directory that already holds them "
+            f"(now {cache or data_home()}), or HF_ENDPOINT to a reachable mirror (now {hf_endpoint()}).",
         ]
     return "\n".join(lines)
 

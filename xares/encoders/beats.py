@@ -279,13 +279,14 @@ class BEATs(nn.Module):
         return x.view(x.shape[0], steps, bands, x.shape[-1])
 
 
-def resolve_checkpoint(checkpoint: str) -> Path:
-    """A local file, or a URL downloaded once into ``$XARES_DATA_HOME/models/``."""
+def resolve_checkpoint(checkpoint: str, cache_dir: str | Path | None = None) -> Path:
+    """A local file, or a URL downloaded once into ``cache_dir`` (``$XARES_DATA_HOME/models/``)."""
     if urllib.parse.urlparse(checkpoint).scheme in ("http", "https"):
         from xares.data.shards import data_home, download_file
 
         name = Path(urllib.parse.urlparse(checkpoint).path).name or "checkpoint.pt"
-        return download_file(checkpoint, data_home() / "models" / name, desc=name)
+        cache = Path(cache_dir) if cache_dir else data_home() / "models"
+        return download_file(checkpoint, cache / name, desc=name)
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -334,10 +335,13 @@ class BEATsEncoder(nn.Module):
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str = BEATS_ITER3_PLUS_AS2M_URL, **kwargs: Any
+        cls,
+        checkpoint: str = BEATS_ITER3_PLUS_AS2M_URL,
+        cache_dir: str | None = None,
+        **kwargs: Any,
     ) -> BEATsEncoder:
         """Build from an official checkpoint file or URL; every parameter must match by name."""
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint, cache_dir)
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "cfg" not in state or "model" not in state:
             raise ValueError(f"{path} is not a BEATs checkpoint (expected keys 'cfg' and 'model')")

@@ -12,35 +12,40 @@ from torch.utils.data import DataLoader
 
 from xares.data.mixing import DatasetSource, EvalSet, EvalSuite, TrainMixture
 from xares.data.shards import resolve_shards
+from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec
 
 log = logging.getLogger(__name__)
 
 
 def _sources(
-    datasets: Mapping[str, Mapping[str, Any]], root: str | None, task: str, download: bool
+    datasets: Mapping[str, TrainSpec | EvalSpec | Mapping[str, Any] | None],
+    root: str | None,
+    task: str,
+    download: bool,
+    data_dir: str | None = None,
 ) -> list[DatasetSource]:
     sources = []
     for name, spec in datasets.items():
         if spec is None:  # a mixture may switch a dataset off with `name: null`
             continue
-        for required in ("shards", "prompt"):
-            if spec.get(required) is None:
-                raise ValueError(f"task {task}: dataset '{name}' has no `{required}`")
+        if isinstance(spec, Mapping):
+            spec = TaskSpec.parse({"name": task, "train": {name: spec}}).train[name]
         shards = resolve_shards(
-            list(spec["shards"]) if not isinstance(spec["shards"], str) else spec["shards"],
-            spec.get("repo_id"),
+            spec.shards,
+            spec.repo_id,
             root=root,
             download=download,
             task=task,
+            cache_dir=data_dir,
         )
         sources.append(
             DatasetSource(
                 name=name,
                 shards=shards,
-                label_key=str(spec.get("label_key") or "label"),
-                prompt=str(spec["prompt"]),
-                prob=spec.get("prob"),
-                label_join=spec.get("label_join"),
+                label_key=spec.label_key,
+                prompt=spec.prompt,
+                prob=getattr(spec, "prob", None),
+                label_join=spec.label_join,
             )
         )
     # `prob: null` means the dataset's share of all shards in the mixture.
@@ -55,7 +60,7 @@ def _sources(
 class TaskDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        task: Mapping[str, Any],
+        task: Mapping[str, Any] | TaskSpec,
         batch_size: int = 4,
         num_workers: int = 0,
         sample_rate: int = 16000,
@@ -70,10 +75,11 @@ class TaskDataModule(pl.LightningDataModule):
         root: str | None = None,
         download: bool = True,
         cuda_eval_batch_size: int | None = None,
+        data_dir: str | None = None,
     ):
         super().__init__()
-        self.task = task
-        self.name = str(task.get("name", "task"))
+        self.task = TaskSpec.parse(task)
+        self.name = self.task.name
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.sample_rate = sample_rate
@@ -93,12 +99,13 @@ class TaskDataModule(pl.LightningDataModule):
         self.seed = seed
         self.root = root
         self.download = download
+        self.data_dir = data_dir
         self.train_sources: list[DatasetSource] | None = None
         self.eval_sources: list[DatasetSource] | None = None
 
     @property
     def eval_specs(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in (self.task.get("eval") or {}).items() if v is not None}
+        return self.task.eval_dicts()
 
     def prepare_data(self) -> None:
         # Rank 0 fetches what this run needs once; setup() on every rank then reads the cache.
@@ -112,10 +119,11 @@ class TaskDataModule(pl.LightningDataModule):
 
     def _resolve(self, stage: str | None, download: bool) -> None:
         if stage in (None, "fit") and self.train_sources is None:
-            train = self.task.get("train") or {}
-            if not train:
+            if not self.task.train:
                 raise ValueError(f"task {self.name} has no `train` datasets")
-            self.train_sources = _sources(train, self.root, self.name, download)
+            self.train_sources = _sources(
+                self.task.train, self.root, self.name, download, self.data_dir
+            )
             log.info(
                 "training mixture: %s",
                 ", ".join(
@@ -123,10 +131,11 @@ class TaskDataModule(pl.LightningDataModule):
                 ),
             )
         if stage in (None, "test", "predict") and self.eval_sources is None:
-            specs = self.eval_specs
-            if not specs:
+            if not self.task.eval:
                 raise ValueError(f"task {self.name} has no `eval` datasets")
-            self.eval_sources = _sources(specs, self.root, self.name, download)
+            self.eval_sources = _sources(
+                self.task.eval, self.root, self.name, download, self.data_dir
+            )
 
     def _on_cuda(self) -> bool:
         trainer = self.trainer
@@ -163,13 +172,12 @@ class TaskDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """One loader over every test set in order (see :class:`EvalSuite`)."""
         self._resolve("test", self.download)
-        specs = self.eval_specs
         sets = []
         for source in self.eval_sources:
             batch_size = self.eval_batch_size
             if batch_size is None and self._on_cuda():
                 batch_size = self.cuda_eval_batch_size
-            batch_size = batch_size or int(specs[source.name].get("batch_size") or 8)
+            batch_size = batch_size or self.task.eval[source.name].batch_size
             sets.append(
                 EvalSet(
                     source,

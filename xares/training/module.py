@@ -168,11 +168,11 @@ class AudioLLMModule(pl.LightningModule):
         results = []
         for name, spec in self.eval_sets.items():
             items = rows.get(name, [])
-            metric_name = spec.get("metric", "Accuracy")
+            metric_name = spec["metric"]
             result = {
                 "task": name,
                 "metric": metric_name,
-                "weight": float(spec.get("weight", 1.0)),
+                "weight": float(spec["weight"]),
                 "chance": spec.get("chance"),
                 "track": spec.get("track"),
                 "clips": len(items),
@@ -194,11 +194,14 @@ class AudioLLMModule(pl.LightningModule):
                     len(items),
                 )
             if not predictions:
-                result["note"] = "no test samples"
-                log.warning("%s: no test samples were scored", name)
+                lost = sum(result["dropped"].values())
+                result["note"] = "no scorable samples" + (
+                    f" ({lost} dropped: {_describe(result['dropped'])})" if lost else ""
+                )
+                log.error("%s: %s", name, result["note"])
             else:
                 try:
-                    metric = build_metric(metric_name, spec.get("metric_args") or {})
+                    metric = build_metric(metric_name, spec["metric_args"])
                     result["score"] = float(metric(predictions, references))
                 except MetricUnavailableError as error:
                     result["note"] = f"unavailable: {error}"
@@ -207,3 +210,7 @@ class AudioLLMModule(pl.LightningModule):
                 self.log(f"test/{name}/{metric_name}", result["score"], rank_zero_only=True)
             results.append(result)
         self.results = results
+
+
+def _describe(skipped: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items())
