@@ -135,11 +135,16 @@ def check_task(task: TaskSpec, *, train: bool, evaluate: bool) -> list[str]:
                 f"task {task.name} has no `eval` test sets: add some, or evaluate=false to only train"
             )
         for name, spec in task.eval.items():
-            try:
-                build_metric(spec.metric, spec.metric_args)
-            except Exception as error:  # unknown name, bad arguments: the metric's own words
-                problems.append(f"eval.{name}: metric {spec.metric}: {error}")
+            problems += _metric_problem(name, spec.metric, spec.metric_args)
     return problems
+
+
+def _metric_problem(name: str, metric: Any, args: Any) -> list[str]:
+    try:
+        build_metric(metric, args)
+    except Exception as error:  # unknown name, bad arguments: the metric's own words
+        return [f"eval.{name}: metric {metric}: {error}"]
+    return []
 
 
 def check_run(
@@ -150,10 +155,15 @@ def check_run(
     evaluate = bool(cfg.get("evaluate", True)) if evaluate is None else evaluate
     problems = check_settings(cfg, train=train, evaluate=evaluate)
     task = None
+    raw = _plain(cfg.task)
     try:
-        task = TaskSpec.parse(_plain(cfg.task))
+        task = TaskSpec.parse(raw)
     except TaskConfigError as error:
         problems += [f"task.{p}" for p in error.problems]
+        # The metrics are still worth checking, so one run reports every mistake.
+        for name, entry in ((raw.get("eval") or {}) if evaluate else {}).items():
+            if isinstance(entry, Mapping) and isinstance(entry.get("metric"), str):
+                problems += _metric_problem(name, entry["metric"], entry.get("metric_args") or {})
     if task is not None:
         problems += check_task(task, train=train, evaluate=evaluate)
     if problems:

@@ -1,0 +1,140 @@
+"""Mistakes in the run plan stop the run in seconds, before any weight is loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FAST, ROOT
+
+from xares.data.shards import MissingShardError
+from xares.data.task_spec import TaskConfigError, TaskSpec
+from xares.train import train
+from xares.validation import ConfigError, check_run
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if the run gets as far as building the model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built: the mistake was not caught up front")
+
+    monkeypatch.setattr("xares.pipeline.build_model", refuse)
+
+
+def run_fails(make_cfg, *overrides, error=ConfigError):
+    cfg = make_cfg(*FAST, "logger=none", *overrides)
+    started = time.perf_counter()
+    with pytest.raises(error) as caught:
+        train(cfg)
+    assert time.perf_counter() - started < 20
+    return str(caught.value)
+
+
+def test_test_set_path_matching_nothing_fails_before_training(make_cfg, no_weights, tmp_path):
+    message = run_fails(
+        make_cfg,
+        f"task.eval.eval_melody.shards=[{tmp_path}/nowhere/*.tar]",
+        error=MissingShardError,
+    )
+    assert f"{tmp_path}/nowhere/*.tar" in message and "match no file" in message
+
+
+def test_metric_typo_fails_before_training(make_cfg, no_weights):
+    message = run_fails(make_cfg, "task.eval.eval_pitch.metric=Acuracy")
+    assert "eval.eval_pitch: metric Acuracy" in message and "Accuracy" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "+task.train.pitch.lable_key=label",
+            "unknown key `lable_key` (did you mean `label_key`?)",
+        ),
+        ("+task.eval.eval_pitch.promt=x", "unknown key `promt` (did you mean `prompt`?)"),
+        ("+task.lenght=3", "unknown key `lenght`"),
+        ("+data.bach_size=3", "data.bach_size: unknown setting (did you mean `data.batch_size`?)"),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_valid_ones(make_cfg, no_weights, override, expected):
+    message = run_fails(make_cfg, override)
+    assert expected in message and "valid" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.batch_size=-1", "data.batch_size=-1: write 1 or more"),
+        ("data.batch_size=0", "data.batch_size=0: write 1 or more"),
+        ("trainer.max_steps=-1", "trainer.max_steps=-1: training would never end"),
+        ("trainer.max_steps=0", "write train=false to evaluate without training"),
+        ("task.train.pitch.prob=-1", "prob -1 must be a number >= 0"),
+        ("task.eval.eval_pitch.batch_size=0", "batch_size 0 must be a whole number >= 1"),
+        ("data.eval_limit=0", "data.eval_limit=0: write 1 or more"),
+        ("task.eval.eval_pitch.weight=-2", "weight -2 must be a number >= 0"),
+    ],
+)
+def test_bad_numbers_are_refused_with_what_to_write(make_cfg, no_weights, override, expected):
+    assert expected in run_fails(make_cfg, override)
+
+
+def test_all_problems_are_reported_at_once(make_cfg):
+    cfg = make_cfg(
+        *FAST, "data.batch_size=0", "task.eval.eval_pitch.metric=Acuracy", "+task.train.pitch.x=1"
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_run(cfg)
+    assert len(caught.value.problems) == 3
+
+
+def test_zero_steps_is_fine_when_not_training(make_cfg):
+    cfg = make_cfg(*FAST, "trainer.max_steps=0", "train=false")
+    assert check_run(cfg).name == "smoke"
+
+
+def test_every_shipped_task_file_follows_the_schema(make_cfg):
+    for path in sorted((ROOT / "conf" / "task").glob("*.yaml")):
+        cfg = make_cfg(f"task={path.stem}", "llm=tiny_random")
+        spec = check_run(cfg)
+        assert spec.eval and spec.train, path.stem
+
+
+def test_schema_fills_defaults_in_one_place():
+    spec = TaskSpec.parse(
+        {"name": "t", "train": {"a": {"shards": "x.tar", "prompt": "P"}, "off": None}, "eval": {}}
+    )
+    assert spec.train["a"].shards == ["x.tar"] and spec.train["a"].label_key == "label"
+    assert spec.train["a"].prob is None and list(spec.train) == ["a"]
+    spec = TaskSpec.parse({"eval": {"e": {"shards": ["y"], "prompt": "Q", "metric_args": None}}})
+    assert spec.eval_dicts()["e"]["metric_args"] == {} and spec.eval["e"].batch_size == 8
+    with pytest.raises(TaskConfigError, match="`shards` must be"):
+        TaskSpec.parse({"train": {"a": {"prompt": "P"}}})
+
+
+def test_cli_reports_a_metric_typo_in_seconds(tmp_path, data_home):
+    env = dict(os.environ, XARES_DATA_HOME=str(data_home), WANDB_MODE="offline")
+    started = time.perf_counter()
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *FAST,
+            "logger=none",
+            "task.eval.eval_pitch.metric=Acuracy",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "metric Acuracy" in result.stderr and "nothing was loaded or trained" in result.stderr
+    assert time.perf_counter() - started < 60
+    assert not list(tmp_path.rglob("*.ckpt"))
