@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import tarfile
 from collections import Counter
@@ -169,7 +170,7 @@ def examples_from(paths: list[str], skips: SkipCounter, label_key="label") -> li
     return out
 
 
-def test_unusable_samples_are_counted_skips(tmp_path):
+def test_unusable_samples_are_counted_skips(tmp_path, caplog):
     wave = noise(0.2, 0)
     members = [
         *sample("good_a", wave, {"label": "dog"}),
@@ -178,6 +179,10 @@ def test_unusable_samples_are_counted_skips(tmp_path):
         *sample("no_label", wave, {"speaker": "x"}),
         ("bad_json.flac", encode(wave)),
         ("bad_json.json", b"{not json"),
+        ("latin1.flac", encode(wave)),
+        ("latin1.json", '{"label": "caf\u00e9"}'.encode("latin-1")),
+        ("a_list.flac", encode(wave)),
+        ("a_list.json", b'["dog", "cat"]'),
         ("corrupt.flac", b"\x00\x01garbage" * 50),
         ("corrupt.json", b'{"label": "rain"}'),
         ("compound.audio.wav", encode(wave, fmt="WAV")),
@@ -185,7 +190,9 @@ def test_unusable_samples_are_counted_skips(tmp_path):
         *sample("good_b", wave, {"label": "cow"}),
     ]
     skips = SkipCounter("unit")
-    examples = examples_from([write_tar(tmp_path / "s.tar", members)], skips)
+    shard = write_tar(tmp_path / "s.tar", members)
+    with caplog.at_level(logging.WARNING, logger="xares.data.samples"):
+        examples = examples_from([shard], skips)
     assert [(e.key, e.targets) for e in examples] == [
         ("good_a", ["dog"]),
         ("compound", ["bird"]),
@@ -193,10 +200,14 @@ def test_unusable_samples_are_counted_skips(tmp_path):
     ]
     assert examples[0].audio.shape == (wave.shape[0],) and examples[0].prompt == "P"
     assert skips.counts == Counter(
-        {"no audio": 1, "no json": 1, "missing label": 2, "bad audio": 1}
+        {"no audio": 1, "no json": 1, "missing label": 1, "bad json": 3, "bad audio": 1}
     )
-    assert skips.total == 5
-    assert skips.summary() == "1 bad audio, 2 missing label, 1 no audio, 1 no json"
+    assert skips.total == 7
+    assert skips.summary() == "1 bad audio, 3 bad json, 1 missing label, 1 no audio, 1 no json"
+    # Each skip names the shard and the sample, so it can be found and fixed.
+    logged = {r.getMessage() for r in caplog.records}
+    assert any(f"latin1 in {shard} (bad json" in m and "not UTF-8" in m for m in logged)
+    assert any(f"a_list in {shard} (bad json" in m and "holds a list" in m for m in logged)
 
 
 def test_truncated_tar_is_a_counted_skip(tmp_path):
@@ -425,5 +436,5 @@ def test_null_prob_is_the_share_of_shards(tmp_path):
     probs = {s.name: s.prob for s in _sources(spec, root=None, task="t", download=False)}
     assert probs == {"big": 3 / 8, "small": 1 / 8, "fixed": 2.0}
 
-    with pytest.raises(ValueError, match="dataset 'noprompt' has no `prompt`"):
+    with pytest.raises(ValueError, match="train.noprompt: `prompt` must be a non-empty string"):
         _sources({"noprompt": {"shards": shards("np", 1)}}, root=None, task="t", download=False)

@@ -1,0 +1,132 @@
+"""Results are never lost or silently wrong: empty test sets, unwritable score files, shared
+run directories."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from conftest import FAST, ROOT
+
+from xares.pipeline import IncompleteEvaluationError, ReportWriteError
+from xares.run_dir import CLAIM, RunDirError
+from xares.train import train
+
+# Score the untrained model: these tests are about what happens to results, not their value.
+UNTRAINED = [
+    *FAST,
+    "logger=none",
+    "train=false",
+    "data.eval_limit=4",
+    "generation.max_new_tokens=2",
+]
+
+
+def corrupt_shard(path, count=5) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i in range(count):
+            for name, data in (
+                (f"k{i}.flac", b"\x00garbage" * 40),
+                (f"k{i}.json", b'{"text": "a"}'),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def read_tsv(path):
+    with open(path) as f:
+        return {r["task"]: r for r in csv.DictReader(f, delimiter="\t")}
+
+
+def test_all_corrupt_test_set_fails_the_run_and_keeps_the_counts(make_cfg, tmp_path):
+    shard = corrupt_shard(tmp_path / "bad" / "melody.tar")
+    cfg = make_cfg(*UNTRAINED, f"task.eval.eval_melody.shards=[{shard}]")
+    with pytest.raises(IncompleteEvaluationError, match="eval_melody: no scorable samples"):
+        train(cfg)
+    run = tmp_path / "run"
+    rows = read_tsv(run / "scores.tsv")
+    assert rows["eval_melody"]["clips"] == "0" and rows["eval_melody"]["skipped"] == "4 bad audio"
+    assert rows["eval_pitch"]["clips"] == "4" and rows["eval_pitch"]["skipped"] == ""
+    # The overall is the mean of one set, and says so.
+    assert rows["overall"]["metric"] == "weighted_mean_partial"
+    assert float(rows["overall"]["weight"]) == 1.0
+    assert rows["overall"]["score"] == rows["eval_pitch"]["score"]
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["partial"] is True and scores["unscored"] == ["eval_melody"]
+    melody = scores["tasks"][1]
+    assert melody["clips"] == 0 and melody["skipped"] == {"bad audio": 4}
+
+
+def test_allow_partial_marks_the_overall_instead(make_cfg, tmp_path, capsys):
+    shard = corrupt_shard(tmp_path / "bad" / "melody.tar")
+    # Through a loader worker too: the counts must cross the process boundary.
+    cfg = make_cfg(
+        *UNTRAINED,
+        f"task.eval.eval_melody.shards=[{shard}]",
+        "allow_partial=true",
+        "data.num_workers=1",
+    )
+    summary = train(cfg)
+    assert summary["partial"] and summary["overall_weight"] == 1.0
+    assert summary["tasks"][1]["skipped"] == {"bad audio": 4}
+    assert "overall (PARTIAL: without eval_melody)" in capsys.readouterr().out
+
+
+def test_unwritable_score_files_still_print_the_table(make_cfg, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "scores.tsv").mkdir(parents=True)  # a directory where the file must go
+    with pytest.raises(ReportWriteError, match=f"could not be written to {run}"):
+        train(make_cfg(*UNTRAINED))
+    out = capsys.readouterr().out
+    assert "eval_pitch" in out and "overall (weighted)" in out
+
+
+def test_a_run_refuses_a_directory_holding_another_runs_results(make_cfg, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CLAIM).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "earlier"}))
+    (run / "scores.tsv").write_text("theirs\n")
+    with pytest.raises(RunDirError, match="belongs to another run .*host elsewhere"):
+        train(make_cfg(*UNTRAINED))
+    assert (run / "scores.tsv").read_text() == "theirs\n"
+
+
+def test_two_runs_started_together_keep_both_results(tmp_path, data_home):
+    env = dict(os.environ, XARES_DATA_HOME=str(data_home), WANDB_MODE="offline")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *UNTRAINED,
+                f"seed={seed}",
+                f"paths.log_dir={tmp_path}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    runs = sorted((tmp_path / "mel__smoke").iterdir())
+    assert len(runs) == 2
+    seeds = set()
+    for run in runs:
+        assert (run / "scores.tsv").is_file()
+        overrides = (run / ".hydra" / "overrides.yaml").read_text()
+        seeds |= {s for s in ("seed=1", "seed=2") if s in overrides}
+    assert seeds == {"seed=1", "seed=2"}
