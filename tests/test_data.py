@@ -438,3 +438,53 @@ def test_null_prob_is_the_share_of_shards(tmp_path):
 
     with pytest.raises(ValueError, match="train.noprompt: `prompt` must be a non-empty string"):
         _sources({"noprompt": {"shards": shards("np", 1)}}, root=None, task="t", download=False)
+
+
+# ---------------------------------------------------------------------------- formats
+def encode_with_ffmpeg(wave: np.ndarray, rate: int, container: str, codec: str) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([wave, wave]).astype(np.float32), format="fltp", layout="stereo"
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("extension", "container", "codec", "rate"),
+    [
+        ("m4a", "mp4", "aac", 16000),
+        ("aac", "adts", "aac", 16000),
+        ("webm", "webm", "libopus", 48000),
+    ],
+)
+def test_formats_soundfile_lacks_decode_through_ffmpeg(extension, container, codec, rate):
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)
+    data = encode_with_ffmpeg(tone, rate, container, codec)
+    audio = decode_audio(data, SR, extension)
+    # One second at 16 kHz, give or take the codec's priming and padding.
+    assert abs(audio.shape[0] - SR) < 0.1 * SR
+    assert 0.2 < float(audio.abs().max()) <= 1.0
+    spectrum = torch.fft.rfft(audio[2000:14000]).abs()
+    assert abs(int(spectrum.argmax()) * SR / 12000 - 440) < 10
+
+
+def test_start_up_names_the_formats_that_would_be_skipped(monkeypatch):
+    import importlib.util
+
+    from xares.data.samples import undecodable_formats
+
+    assert undecodable_formats() == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a)
+    )
+    assert {"m4a", "aac", "webm"} <= set(undecodable_formats())
+    assert not {"flac", "wav", "ogg", "opus"} & set(undecodable_formats())

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xares.data.samples import undecodable_formats
 from xares.data.shards import MissingShardError, resolve_shards
 from xares.data.task_spec import TaskConfigError, TaskSpec
 from xares.metrics import build_metric
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -180,6 +184,13 @@ def check_data(
     download: bool = True,
 ) -> None:
     """Resolve (and fetch) every shard the run will read; one error names all that are missing."""
+    missing_formats = undecodable_formats()
+    if missing_formats:
+        log.warning(
+            "audio members in %s format cannot be decoded here and will be skipped as bad "
+            "audio; `pip install av` decodes them",
+            ", ".join(missing_formats),
+        )
     sections: list[Mapping[str, Any]] = []
     if train:
         sections.append(task.train)

@@ -75,6 +75,41 @@ def _resampler(orig: int, new: int):
     return torchaudio.transforms.Resample(orig, new)
 
 
+def _decode_with_av(data: bytes) -> tuple[torch.Tensor, int]:
+    """Decode with PyAV, whose wheels carry their own FFmpeg (torchaudio now needs TorchCodec)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise AudioDecodeError("the container has no audio stream")
+        # Planar float keeps channels apart whatever the codec's own sample format.
+        resampler = av.AudioResampler(format="fltp")
+        chunks = [
+            out.to_ndarray()
+            for frame in container.decode(stream)
+            for out in resampler.resample(frame)
+        ]
+        chunks += [out.to_ndarray() for out in resampler.resample(None)]
+        rate = stream.codec_context.sample_rate
+    if not chunks:
+        raise AudioDecodeError("audio has no samples")
+    return torch.from_numpy(np.concatenate(chunks, axis=1)), int(rate)
+
+
+def undecodable_formats() -> list[str]:
+    """Audio member types this installation cannot decode (they become counted skips)."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is not None:
+        return []
+    import soundfile
+
+    known = {name.lower() for name in soundfile.available_formats()}
+    container = {"opus": "ogg", "sph": "nist"}  # libsndfile's name for each member type
+    return [ext for ext in AUDIO_EXTENSIONS if container.get(ext, ext) not in known]
+
+
 def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> torch.Tensor:
     """Decode audio bytes in memory to a mono float tensor at ``sample_rate``."""
     if not data:
@@ -84,15 +119,13 @@ def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> 
 
         wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         wave = torch.from_numpy(np.ascontiguousarray(wave.T))
-    except Exception as sf_error:  # formats libsndfile lacks: fall back to torchaudio's backends
+    except Exception as sf_error:  # formats libsndfile lacks (m4a, aac, webm, ...): FFmpeg
         try:
-            import torchaudio
-
-            wave, rate = torchaudio.load(io.BytesIO(data))
+            wave, rate = _decode_with_av(data)
         except Exception as error:
             raise AudioDecodeError(
                 f"cannot decode {extension or 'audio'} ({len(data)} bytes): soundfile: {sf_error}; "
-                f"torchaudio: {error}"
+                f"PyAV: {error}"
             ) from error
     if wave.numel() == 0:
         raise AudioDecodeError("audio has no samples")
