@@ -21,14 +21,15 @@ from xares.data.mini import (
     Voice,
     ensure_mini_suite,
     estimate_text_chance,
+    recipes,
     resolve_sizes,
     speech,
-    suite,
     synthesize,
+    writer,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = suite.SIZE_PRESETS["tiny"]
+TINY = writer.SIZE_PRESETS["tiny"]
 # Only the speech tasks need eSpeak NG; the sound tasks and metadata are tested without it.
 requires_espeak = pytest.mark.skipif(
     importlib.util.find_spec("espeakng_loader") is None,
@@ -91,9 +92,9 @@ def test_speech_languages_and_voices_differ():
 
 
 @requires_espeak
-@pytest.mark.parametrize("language", list(suite.LANGUAGES))
+@pytest.mark.parametrize("language", list(recipes.LANGUAGES))
 def test_each_language_reads_its_own_script(language):
-    code, words = suite.LANGUAGES[language]
+    code, words = recipes.LANGUAGES[language]
     phrase = " ".join(words[:5])
     audio = synthesize(phrase, Voice(code, "m3"))
     # Text a voice cannot read comes out as silence or as a few spelled-out symbols.
@@ -137,7 +138,7 @@ def test_tiny_suite_layout_and_labels(tiny_root):
     assert set(manifest["tasks"]) == set(MINI_TASKS)
     for task, info in MINI_TASKS.items():
         assert manifest["tasks"][task]["counts"] == TINY
-        for split in suite.SPLITS:
+        for split in recipes.SPLITS:
             shard = tiny_root / task / split / f"{task}_{split}_000000.tar"
             assert shard.is_file()
             samples = read_split(tiny_root, task, split)
@@ -149,7 +150,7 @@ def test_tiny_suite_layout_and_labels(tiny_root):
                 check_label(task, info, meta[info["label_key"]])
                 audio, sr = sf.read(io.BytesIO(parts["flac"]), dtype="float32")
                 assert sr == 16000 and audio.ndim == 1
-                assert 0.5 <= audio.size / sr <= suite.MAX_SECONDS + 1e-3
+                assert 0.5 <= audio.size / sr <= recipes.MAX_SECONDS + 1e-3
                 assert np.abs(audio).max() > 0.05
 
 
@@ -160,7 +161,7 @@ def check_label(task: str, info: dict, value) -> None:
         assert 1 <= len(parts) <= 3 and parts == sorted(parts)
         assert set(parts) <= set(classes)
     elif task == "transcription":
-        vocab = {"the", *suite.ADJECTIVES, *suite.NOUNS, *suite.VERBS, *suite.ADVERBS}
+        vocab = {"the", *recipes.ADJECTIVES, *recipes.NOUNS, *recipes.VERBS, *recipes.ADVERBS}
         assert 5 <= len(value.split()) <= 7 and set(value.split()) <= vocab
     elif task == "captioning":
         assert isinstance(value, list) and 2 <= len(value) <= 3
@@ -198,7 +199,7 @@ def test_same_seed_gives_identical_bytes(tiny_root, tmp_path):
     }
     other = ensure_mini_suite(tmp_path / "b", size=sizes, progress=False)
     for task, counts in sizes.items():
-        for split in suite.SPLITS:
+        for split in recipes.SPLITS:
             mine = read_split(other, task, split)
             theirs = read_split(tiny_root, task, split)
             assert len(mine) == counts[split]
@@ -233,7 +234,7 @@ def test_deleted_shard_is_regenerated(tmp_path):
 
 def test_interrupted_generation_leaves_no_complete_looking_shard(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = suite.render_sample
+    real = recipes.render_sample
 
     def flaky(*args):
         calls["n"] += 1
@@ -241,7 +242,7 @@ def test_interrupted_generation_leaves_no_complete_looking_shard(tmp_path, monke
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(suite, "render_sample", flaky)
+    monkeypatch.setattr(recipes, "render_sample", flaky)
     with pytest.raises(KeyboardInterrupt):
         ensure_mini_suite(tmp_path, size={"soundevents": {"train": 5, "test": 2}}, progress=False)
     assert not (tmp_path / "manifest.json").exists()
@@ -253,13 +254,13 @@ def test_interrupted_generation_leaves_no_complete_looking_shard(tmp_path, monke
 def test_train_and_test_differ(tiny_root):
     for task in MINI_TASKS:
         digests = {}
-        for split in suite.SPLITS:
+        for split in recipes.SPLITS:
             samples = read_split(tiny_root, task, split)
             digests[split] = {hashlib.sha1(s["flac"]).hexdigest() for s in samples.values()}
         assert not digests["train"] & digests["test"], task
-    for split in suite.SPLITS:
+    for split in recipes.SPLITS:
         texts = read_split(tiny_root, "transcription", split).values()
-        assert all(suite.sentence_split(json.loads(s["json"])["text"]) == split for s in texts)
+        assert all(recipes.sentence_split(json.loads(s["json"])["text"]) == split for s in texts)
 
 
 def test_sizes():
@@ -364,9 +365,9 @@ def test_more_talkers_cover_more_of_the_clip():
         fractions = []
         for index in range(6):
             rng = np.random.default_rng([7, int(count), index])
-            audio, meta = suite._speakercount(rng, "train", count)
+            audio, meta = recipes._speakercount(rng, "train", count)
             assert meta == {"num_speakers": count}
-            assert audio.size == 3 * suite.SAMPLE_RATE
+            assert audio.size == 3 * recipes.SAMPLE_RATE
             # 10 ms frames louder than a tenth of the clip's peak frame count as speech.
             envelope = np.abs(audio).reshape(-1, 160).max(1)
             fractions.append(float(np.mean(envelope > 0.1 * envelope.max())))
@@ -378,9 +379,9 @@ def test_more_talkers_cover_more_of_the_clip():
 
 @requires_espeak
 def test_keyword_sits_in_the_middle_of_its_second():
-    for index, word in enumerate(suite.KEYWORDS):
-        audio, meta = suite._keywords(np.random.default_rng([11, index]), "test", word)
-        assert meta == {"label": word} and audio.size >= suite.SAMPLE_RATE
+    for index, word in enumerate(recipes.KEYWORDS):
+        audio, meta = recipes._keywords(np.random.default_rng([11, index]), "test", word)
+        assert meta == {"label": word} and audio.size >= recipes.SAMPLE_RATE
         energy = audio.astype(np.float64) ** 2
         centre = float((np.arange(audio.size) * energy).sum() / energy.sum())
-        assert abs(centre - audio.size / 2) < 0.15 * suite.SAMPLE_RATE, word
+        assert abs(centre - audio.size / 2) < 0.15 * recipes.SAMPLE_RATE, word

@@ -3,20 +3,14 @@
 ``ensure_mini_suite(root)`` writes (once) WebDataset shards for nine synthetic tasks
 under ``root``; ``MINI_TASKS`` describes each task (classes, chance level, metric,
 label key, prompt). Speech comes from eSpeak NG (``espeakng-loader``), everything
-else from numpy. See :mod:`xares.data.mini.suite` for the task table.
+else from numpy. :mod:`xares.data.mini.recipes` holds the task table and how each clip
+is made; :mod:`xares.data.mini.writer` writes the shards and the manifest.
 """
 
+from .recipes import GENERATOR_VERSION, MINI_TASKS, estimate_text_chance
 from .speech import SAMPLE_RATE, SpeechError, Voice, synthesize
 from .speech import is_available as speech_available
-from .suite import (
-    GENERATOR_VERSION,
-    MINI_TASKS,
-    SIZE_PRESETS,
-    ensure_mini_suite,
-    estimate_text_chance,
-    remove_mini_suite,
-    resolve_sizes,
-)
+from .writer import SIZE_PRESETS, ensure_mini_suite, remove_mini_suite, resolve_sizes
 
 __all__ = [
     "GENERATOR_VERSION",

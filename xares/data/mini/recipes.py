@@ -1,4 +1,4 @@
-"""The mini suite: a generated, offline benchmark in the challenge's shard format.
+"""The mini suite's recipes: voices, vocabularies, the nine tasks and their chance levels.
 
 Nine tasks mirror the kinds of tasks in the two challenge tracks. Every clip is
 synthesised from a seed (speech with eSpeak NG, everything else with numpy), mixed
@@ -38,34 +38,25 @@ learned the answer format but not the audio would get.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
-import os
-import sys
-import tarfile
-import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xares.metrics import TokenF1, iWER
+
 from . import sounds
 from .speech import SAMPLE_RATE, Voice, synthesize
 
+# Bump when a recipe changes what it renders: a cached suite of another version is rebuilt.
 GENERATOR_VERSION = 4
-SAMPLES_PER_SHARD = 200
 SPLITS = ("train", "test")
 MAX_SECONDS = 4.0
-
-SIZE_PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"train": 16, "test": 8},
-    "default": {"train": 320, "test": 64},
-}
 
 # --------------------------------------------------------------------------- voices
 
@@ -580,77 +571,36 @@ MINI_TASKS: dict[str, dict[str, Any]] = {t.name: t.info() for t in _TASK_LIST}
 # --------------------------------------------------------------------------- chance
 
 
-def _wer(ref: list[str], hyp: list[str]) -> float:
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
-
-
-def _token_f1(ref: str, hyp: str) -> float:
-    from collections import Counter
-
-    r, h = Counter(ref.split()), Counter(hyp.split())
-    common = sum((r & h).values())
-    if common == 0:
-        return 0.0
-    p, q = common / sum(h.values()), common / sum(r.values())
-    return 2 * p * q / (p + q)
-
-
 def estimate_text_chance(task: str, trials: int = 4000, seed: int = 0) -> float:
-    """Monte-Carlo score of answers drawn from the task's grammar, ignoring the audio."""
+    """Monte-Carlo score of answers drawn from the task's grammar, ignoring the audio.
+
+    Scored with the suite's own metrics (``xares.metrics``), pair by pair, as a run scores
+    one clip.
+    """
     rng = np.random.default_rng(seed)
     total = 0.0
-    for _ in range(trials):
-        if task == "transcription":
-            ref, hyp = _random_sentence(rng).split(), _random_sentence(rng).split()
-            total += max(0.0, 1.0 - _wer(ref, hyp))
-        elif task == "captioning":
+    if task == "transcription":
+        metric = iWER()
+        for _ in range(trials):
+            ref, hyp = _random_sentence(rng), _random_sentence(rng)
+            total += metric([hyp], [ref])
+    elif task == "captioning":
+        metric = TokenF1()
 
-            def draw():
-                return (
-                    str(rng.choice(list(CAPTION_EVENTS))),
-                    str(rng.choice(list(CAPTION_BACKGROUNDS))),
-                    str(rng.choice(list(CAPTION_LOUDNESS))),
-                )
+        def draw():
+            return (
+                str(rng.choice(list(CAPTION_EVENTS))),
+                str(rng.choice(list(CAPTION_BACKGROUNDS))),
+                str(rng.choice(list(CAPTION_LOUDNESS))),
+            )
 
+        for _ in range(trials):
             refs = caption_references(*draw())
             hyp = caption_references(*draw())[int(rng.integers(3))]
-            total += float(np.mean([_token_f1(r, hyp) for r in refs]))
-        else:
-            raise ValueError(f"no text chance estimate for task {task!r}")
+            total += metric([hyp] * len(refs), refs)
+    else:
+        raise ValueError(f"no text chance estimate for task {task!r}")
     return total / trials
-
-
-# --------------------------------------------------------------------------- sizes
-
-
-def resolve_sizes(size: str | Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """``"tiny"`` / ``"default"`` for every task, or ``{task: {train: n, test: n}}``.
-
-    A mapping may name a subset of the tasks; only those are generated.
-    """
-    if isinstance(size, str):
-        if size not in SIZE_PRESETS:
-            raise ValueError(
-                f"Unknown mini-suite size {size!r}; use one of {sorted(SIZE_PRESETS)} "
-                "or a mapping {task: {train: n, test: n}}."
-            )
-        return {name: dict(SIZE_PRESETS[size]) for name in TASKS}
-    if not isinstance(size, Mapping):
-        raise TypeError(f"size must be a preset name or a mapping, not {type(size).__name__}")
-    out: dict[str, dict[str, int]] = {}
-    for name, counts in size.items():
-        if name not in TASKS:
-            raise ValueError(f"Unknown mini-suite task {name!r}; tasks are {list(TASKS)}.")
-        if not isinstance(counts, Mapping) or set(counts) - set(SPLITS):
-            raise ValueError(f"size[{name!r}] must be a mapping with keys {SPLITS}.")
-        out[str(name)] = {split: int(counts.get(split, 0)) for split in SPLITS}
-    return out
 
 
 # --------------------------------------------------------------------------- rendering
@@ -662,7 +612,7 @@ def _task_code(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _labels(task: MiniTask, split: str, count: int, seed: int) -> list[str | None]:
+def balanced_labels(task: MiniTask, split: str, count: int, seed: int) -> list[str | None]:
     # Each block of len(classes) clips holds every class once, in a shuffled order
     # drawn per block: labels stay balanced, and a smaller suite is a prefix of a
     # larger one with the same seed.
@@ -691,236 +641,15 @@ def render_sample(task_name: str, split: str, index: int, label: str | None, see
     return key, buf.getvalue(), json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
 
 
-def _render_job(job):
-    return render_sample(*job)
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata so the same seed gives byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 1_700_000_000
-    info.mode = 0o644
-    info.uname = info.gname = "xares"
-    tar.addfile(info, io.BytesIO(data))
-
-
-@dataclass
-class _ShardPlan:
-    task: str
-    split: str
-    path: Path
-    jobs: list[tuple[str, str, int, str | None, int]]
-
-
-def _plan(root: Path, sizes: dict[str, dict[str, int]], seed: int) -> list[_ShardPlan]:
-    plans = []
-    for name, counts in sizes.items():
-        for split in SPLITS:
-            n = counts[split]
-            labels = _labels(TASKS[name], split, n, seed)
-            jobs = [(name, split, i, labels[i], seed) for i in range(n)]
-            for s, start in enumerate(range(0, n, SAMPLES_PER_SHARD)):
-                path = root / name / split / f"{name}_{split}_{s:06d}.tar"
-                plans.append(_ShardPlan(name, split, path, jobs[start : start + SAMPLES_PER_SHARD]))
-    return plans
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    # Worker processes read these at start-up; one BLAS/OpenMP thread each keeps
-    # N workers on N cores instead of N x cores threads fighting.
-    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _render_all(jobs, workers: int) -> Iterator[tuple[str, bytes, bytes]]:
-    if workers <= 1:
-        for job in jobs:
-            yield _render_job(job)
-        return
-    import multiprocessing as mp
-
-    # spawn: forking a process that may already hold torch / OpenMP threads can deadlock.
-    ctx = mp.get_context("spawn")
-    with _single_threaded_children():
-        pool = ctx.Pool(workers)
-    with pool:
-        yield from pool.imap(_render_job, jobs, chunksize=4)
-
-
-def _write_shards(plans: list[_ShardPlan], workers: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    jobs = [job for plan in plans for job in plan.jobs]
-    results = _render_all(jobs, workers)
-    # Redirected to a log, a bar redraws as new lines: a few a minute there, not hundreds.
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=len(jobs),
-        desc="mini suite",
-        unit="clip",
-        disable=not progress,
-        mininterval=0.1 if interactive else 15.0,
-    )
-    tmp: Path | None = None
-    try:
-        for plan in plans:
-            plan.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = plan.path.with_name(plan.path.name + f".tmp{os.getpid()}")
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-                for _ in plan.jobs:
-                    key, flac, meta = next(results)
-                    _add_member(tar, f"{key}.flac", flac)
-                    _add_member(tar, f"{key}.json", meta)
-                    bar.update(1)
-            # The shard only appears under its final name once complete.
-            os.replace(tmp, plan.path)
-            tmp = None
-    finally:
-        bar.close()
-        results.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_current(root: Path, seed: int, sizes: dict[str, dict[str, int]]) -> bool:
-    manifest = _read_manifest(root / "manifest.json")
-    if not manifest:
-        return False
-    if (
-        manifest.get("generator_version") != GENERATOR_VERSION
-        or manifest.get("seed") != seed
-        or manifest.get("sizes") != sizes
-    ):
-        return False
-    shards = [s for task in manifest.get("tasks", {}).values() for s in task.get("shards", [])]
-    return all((root / s).is_file() for s in shards)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Several processes (e.g. DDP ranks) may prepare the suite at once: one
-    # generates, the others wait and then find the manifest current.
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _clear(root: Path) -> None:
-    for name in TASKS:
-        for split in SPLITS:
-            d = root / name / split
-            if d.is_dir():
-                for f in d.iterdir():
-                    if f.suffix == ".tar" or ".tar.tmp" in f.name:
-                        f.unlink()
-        with contextlib.suppress(OSError):
-            for split in SPLITS:
-                (root / name / split).rmdir()
-            (root / name).rmdir()
-
-
-def ensure_mini_suite(
-    root: str | os.PathLike,
-    seed: int = 0,
-    size: str | Mapping[str, Any] = "default",
-    workers: int = 1,
-    progress: bool = True,
-) -> Path:
-    """Make sure the mini suite for ``seed`` and ``size`` exists under ``root``.
-
-    Returns ``root`` immediately when its ``manifest.json`` matches (generator
-    version, seed, sizes) and every listed shard is present; otherwise deletes any
-    old shards and generates the suite. ``workers`` > 1 renders clips in that many
-    processes; the output does not depend on it.
-    """
-    root = Path(root)
-    sizes = resolve_sizes(size)
-    seed = int(seed)
-    if _is_current(root, seed, sizes):
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock"):
-        if _is_current(root, seed, sizes):
-            return root
-        with contextlib.suppress(FileNotFoundError):
-            (root / "manifest.json").unlink()
-        _clear(root)
-        plans = _plan(root, sizes, seed)
-        start = time.perf_counter()
-        _write_shards(plans, max(1, int(workers)), progress)
-        tasks: dict[str, Any] = {}
-        for plan in plans:
-            entry = tasks.setdefault(plan.task, {"counts": dict.fromkeys(SPLITS, 0), "shards": []})
-            entry["counts"][plan.split] += len(plan.jobs)
-            entry["shards"].append(plan.path.relative_to(root).as_posix())
-        manifest = {
-            "generator_version": GENERATOR_VERSION,
-            "seed": seed,
-            "sizes": sizes,
-            "sample_rate": SAMPLE_RATE,
-            "tasks": tasks,
-        }
-        tmp = root / f"manifest.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, root / "manifest.json")
-        if progress:
-            elapsed = time.perf_counter() - start
-            n = sum(len(p.jobs) for p in plans)
-            print(f"mini suite: {n} clips in {elapsed:.1f} s -> {root}")
-    return root
-
-
-def remove_mini_suite(root: str | os.PathLike) -> None:
-    """Delete a generated suite (shards, manifest, lock)."""
-    root = Path(root)
-    _clear(root)
-    for name in ("manifest.json", ".lock"):
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
-    with contextlib.suppress(OSError):
-        root.rmdir()
-
-
 __all__ = [
     "GENERATOR_VERSION",
     "MINI_TASKS",
-    "SIZE_PRESETS",
+    "SPLITS",
     "TASKS",
     "MiniTask",
+    "balanced_labels",
     "caption_references",
-    "ensure_mini_suite",
     "estimate_text_chance",
-    "remove_mini_suite",
     "render_sample",
-    "resolve_sizes",
     "sentence_split",
 ]
