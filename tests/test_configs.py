@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 from xares.encoders.contract import check_encoder
 from xares.metrics import METRICS
 from xares.training.callbacks import Efficiency
+from xares.training.termination import CheckpointOnTerminate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Groups that train.yaml selects from; `task` has its own test below (it needs a decoder choice).
@@ -71,6 +73,7 @@ def test_every_group_option_is_covered():
     names = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
     assert {"mel", "dummy", "custom", "beats", "whisper_base"} <= names["encoder"]
     assert names["projector"] == {"linear", "mlp", "stack"}
+    assert names["debug"] == set(DEBUG_OVERLAYS)
     assert {"cpu", "default", "deterministic", "gpu", "ddp"} <= names["trainer"]
     assert {"csv", "none", "wandb"} <= names["logger"]
     # Each encoder option is either instantiated below or known to need downloaded weights.
@@ -221,6 +224,10 @@ def check_callbacks_option(option, cfg, tmp_path):
     efficiency = callbacks["efficiency"]
     assert isinstance(efficiency, Efficiency) and efficiency.window == 10
     assert efficiency.sample_rate == cfg.data.sample_rate
+    on_terminate = callbacks["checkpoint_on_terminate"]
+    assert isinstance(on_terminate, CheckpointOnTerminate)
+    assert on_terminate.dirpath == tmp_path / "run" / "checkpoints"
+    assert 0 < on_terminate.grace_seconds <= 30  # "within seconds"
 
 
 def check_paths_option(option, cfg, tmp_path):
@@ -233,7 +240,8 @@ def check_hydra_option(option, cfg, tmp_path):
     assert hydra_cfg.job.chdir is False
     run = OmegaConf.to_container(hydra_cfg.run, resolve=False)
     sweep = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)
-    assert run["dir"].startswith("${paths.log_dir}/${run_name}/")
+    assert run["dir"] == "${paths.log_dir}/${run_name}/${xares.run_id:}"
+    assert sweep["dir"] == "${paths.log_dir}/multirun/${xares.run_id:}"
     assert sweep["subdir"] == "${hydra.job.num}_${run_name}"
 
 
@@ -293,19 +301,23 @@ def check_experiment_option(option, cfg, tmp_path):
         assert cfg.model.pack is True and cfg.data.sort_buffer == cfg.data.batch_size == 8
 
 
+DEBUG_OVERLAYS = {
+    "fdr": {"trainer.fast_dev_run": True},
+    "limit": {"trainer.max_steps": 20, "data.eval_limit": 16},
+    "overfit": {
+        "trainer.overfit_batches": 2,
+        "trainer.max_steps": 200,
+        "data.shuffle_buffer": 1,
+        "scheduler.num_warmup_steps": 0,
+    },
+}
+
+
 def check_debug_option(option, cfg, tmp_path):
     values = check_overlay("debug", option, cfg)
-    expected = {
-        "fdr": {"trainer.fast_dev_run": True},
-        "limit": {"trainer.max_steps": 20, "data.eval_limit": 16},
-        "overfit": {
-            "trainer.overfit_batches": 2,
-            "trainer.max_steps": 200,
-            "data.shuffle_buffer": 1,
-            "scheduler.num_warmup_steps": 0,
-        },
-    }.get(option, values)
-    assert values == expected
+    # A new debug option must say here what it sets; an unlisted one fails.
+    assert option in DEBUG_OVERLAYS, f"debug={option}: add what it sets to DEBUG_OVERLAYS"
+    assert values == DEBUG_OVERLAYS[option]
     assert cfg.task.name == "smoke"  # composed over experiment=smoke, which it overrides
 
 
@@ -363,6 +375,20 @@ def test_task_composes_with_complete_train_and_eval(task, make_cfg):
         assert item.get("weight", 1) > 0
     if spec.get("prepare"):
         assert callable(get_method(spec["prepare"]["_target_"]))
+
+
+def test_run_id_is_unique_per_process_and_stable_under_slurm(monkeypatch):
+    from xares.run_dir import run_id
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    assert run_id().endswith(f"_{os.getpid()}")
+    # A requeued job keeps its folder, so Lightning finds its pre-emption checkpoint there.
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert run_id() == "slurm-4242"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert run_id() == "slurm-77_3"
 
 
 def test_eval_config_composes(make_cfg):

@@ -138,3 +138,25 @@ def test_cli_reports_a_metric_typo_in_seconds(tmp_path, data_home):
     assert "metric Acuracy" in result.stderr and "nothing was loaded or trained" in result.stderr
     assert time.perf_counter() - started < 60
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_the_data_directory_is_passed_not_set_in_the_environment(make_cfg, tmp_path, monkeypatch):
+    from xares.data.task_spec import TaskSpec
+    from xares.pipeline import prepare_task
+    from xares.validation import check_data
+
+    monkeypatch.setenv("XARES_DATA_HOME", str(tmp_path / "elsewhere"))
+    data_dir = tmp_path / "data"
+    cached = data_dir / "org/set" / "test" / "x_0.tar"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    task = TaskSpec.parse(
+        {
+            "name": "t",
+            "eval": {"e": {"shards": ["test/x_{0..0}.tar"], "repo_id": "org/set", "prompt": "P"}},
+        }
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_data(task, train=False, evaluate=True, data_dir=str(data_dir))
+    prepare_task(make_cfg(*FAST, f"paths.data_dir={data_dir}"))
+    assert os.environ["XARES_DATA_HOME"] == str(tmp_path / "elsewhere")
