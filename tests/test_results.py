@@ -130,3 +130,23 @@ def test_two_runs_started_together_keep_both_results(tmp_path, data_home):
         overrides = (run / ".hydra" / "overrides.yaml").read_text()
         seeds |= {s for s in ("seed=1", "seed=2") if s in overrides}
     assert seeds == {"seed=1", "seed=2"}
+
+
+def test_a_requeued_slurm_job_continues_in_its_own_directory(tmp_path, monkeypatch):
+    from xares.run_dir import claim_run_dir
+
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run = tmp_path / "slurm-4242"
+    run.mkdir()
+    (run / CLAIM).write_text(json.dumps({"host": "node7", "pid": 1, "slurm_job": "4242"}))
+    (run / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    claim_run_dir(run)  # the same job after a requeue: its own results, no refusal
+    assert json.loads((run / CLAIM).read_text())["pid"] == os.getpid()
+    # Another job given the same folder (an explicit hydra.run.dir) is refused.
+    (run / CLAIM).write_text(json.dumps({"host": "node7", "pid": 1, "slurm_job": "4242"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "5000")
+    with pytest.raises(RunDirError, match="checkpoints/last.ckpt"):
+        claim_run_dir(run)

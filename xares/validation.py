@@ -147,7 +147,7 @@ def _metric_problem(name: str, metric: Any, args: Any) -> list[str]:
     try:
         build_metric(metric, args)
     except Exception as error:  # unknown name, bad arguments: the metric's own words
-        return [f"eval.{name}: metric {metric}: {error}"]
+        return [f"task.eval.{name}: metric {metric}: {error}"]
     return []
 
 
