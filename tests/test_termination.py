@@ -54,7 +54,13 @@ def start(tmp_path: Path, data_home: Path, *overrides: str) -> subprocess.Popen:
         *overrides,
     ]
     return subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a scheduler's job
     )
 
 
@@ -74,19 +80,40 @@ def calls(tmp_path: Path) -> int:
         return 0
 
 
-def terminate(proc: subprocess.Popen) -> tuple[int, float, str]:
+def terminate(proc: subprocess.Popen, group: bool = False) -> tuple[int, float, str]:
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    if group:  # what SLURM and most schedulers do: every process of the job, workers included
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     err, _ = proc.communicate(timeout=60)
     return proc.returncode, time.monotonic() - sent, err
 
 
+def group_ends(group: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_sigterm_in_training_stops_at_the_step_end_with_a_checkpoint(tmp_path, data_home):
-    proc = start(tmp_path, data_home, "trainer.max_steps=1000", "+encoder.kwargs.delay=0.2")
+    proc = start(
+        tmp_path,
+        data_home,
+        "trainer.max_steps=1000",
+        "+encoder.kwargs.delay=0.2",
+        "data.num_workers=1",
+    )
     wait_for(lambda: calls(tmp_path) >= 4, proc)
-    status, seconds, err = terminate(proc)
+    status, seconds, err = terminate(proc, group=True)
     assert status == 128 + signal.SIGTERM, err[-3000:]
     assert seconds < 10
+    assert group_ends(proc.pid), "a data-loader worker outlived the run"
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert 1 <= checkpoint["global_step"] < 1000
     assert "resume with ckpt_path=" in err

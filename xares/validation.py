@@ -63,7 +63,9 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
 
     problems: list[str] = []
     data = _plain(cfg.get("data")) or {}
-    accepted = [p for p in inspect.signature(TaskDataModule).parameters if p != "task"]
+    # What the data module takes, less what the run passes itself.
+    own = {"task", "seed", "data_dir"}
+    accepted = [p for p in inspect.signature(TaskDataModule).parameters if p not in own]
     for key in data:
         if key not in accepted:
             close = difflib.get_close_matches(str(key), accepted, n=1)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from xares.data.mixing import DatasetSource, EvalSet, EvalSuite, TrainMixture
 from xares.data.shards import resolve_shards
 from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec
+from xares.training.termination import leave_sigterm_to_the_main_process
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class TaskDataModule(pl.LightningDataModule):
             prefetch_factor=4 if self.num_workers > 0 else None,
             # Page-locked batches let the copy to the GPU overlap the previous step.
             pin_memory=self._on_cuda(),
+            worker_init_fn=leave_sigterm_to_the_main_process,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ class _State:
     # Set while a training loop can still stop cleanly at a batch end.
     grace_seconds: float | None = None
     received = False
+    owner: int | None = None  # the process that installed the handlers
 
 
 def _raise(message: str) -> None:
@@ -56,6 +58,10 @@ def _raise(message: str) -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _State.owner:
+        # A forked data-loader worker (a scheduler signals every process of the job): the
+        # main process decides, and shuts its workers down as it stops.
+        return
     _State.received = True
     if _State.grace_seconds is None:
         _raise("SIGTERM received: stopping now")
@@ -68,10 +74,27 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _on_alarm(signum, frame) -> None:
+    if os.getpid() != _State.owner:
+        return
     _raise(
         f"SIGTERM received and no training step ended within {_State.grace_seconds:.0f} s: "
         "stopping now"
     )
+
+
+def _worker_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the worker
+
+
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """``worker_init_fn`` of the data loaders: a worker outlives the first SIGTERM.
+
+    Schedulers signal every process of a job. A loader worker that died at once would fail
+    the step in progress ("DataLoader worker is killed by signal") before the main process
+    could finish it and save a checkpoint; the main process shuts its workers down as it
+    stops, and a second SIGTERM still ends a worker.
+    """
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 @contextlib.contextmanager
@@ -81,7 +104,7 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGALRM)}
-    _State.grace_seconds, _State.received = None, False
+    _State.grace_seconds, _State.received, _State.owner = None, False, os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
