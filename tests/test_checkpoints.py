@@ -151,8 +151,12 @@ def test_unwritable_checkpoint_directory_fails_before_training(make_cfg, tmp_pat
 
 def test_a_failed_checkpoint_write_fails_the_run(make_cfg, tmp_path, monkeypatch):
     # The error Lightning's own atomic save drops (an unwritable directory, as non-root sees it).
+    real = os.replace
+
     def denied(src, dst):
-        raise PermissionError(1, "Operation not permitted", str(dst))
+        if str(dst).endswith(".ckpt"):
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        real(src, dst)
 
     monkeypatch.setattr("xares.training.checkpoint.os.replace", denied)
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.ckpt"):

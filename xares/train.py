@@ -49,7 +49,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if resolved is not None:
                 check_compatible(*resolved, cfg, allow=bool(cfg.get("allow_ckpt_mismatch")))
             if fit:
-                check_writable(out / "checkpoints")
+                callbacks = (cfg.get("callbacks") or {}).values()
+                dirs = {str(c.dirpath) for c in callbacks if c is not None and c.get("dirpath")}
+                for directory in sorted({str(out / "checkpoints"), *dirs}):
+                    check_writable(directory)
             pl.seed_everything(int(cfg.seed), workers=True)
             prepare_task(cfg)
             check_data(task, train=fit, evaluate=evaluate, data_dir=str(cfg.paths.data_dir))
