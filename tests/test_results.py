@@ -54,8 +54,8 @@ def test_all_corrupt_test_set_fails_the_run_and_keeps_the_counts(make_cfg, tmp_p
         train(cfg)
     run = tmp_path / "run"
     rows = read_tsv(run / "scores.tsv")
-    assert rows["eval_melody"]["clips"] == "0" and rows["eval_melody"]["skipped"] == "4 bad audio"
-    assert rows["eval_pitch"]["clips"] == "4" and rows["eval_pitch"]["skipped"] == ""
+    assert rows["eval_melody"]["clips"] == "0" and rows["eval_melody"]["dropped"] == "4 bad audio"
+    assert rows["eval_pitch"]["clips"] == "4" and rows["eval_pitch"]["dropped"] == ""
     # The overall is the mean of one set, and says so.
     assert rows["overall"]["metric"] == "weighted_mean_partial"
     assert float(rows["overall"]["weight"]) == 1.0
@@ -63,7 +63,7 @@ def test_all_corrupt_test_set_fails_the_run_and_keeps_the_counts(make_cfg, tmp_p
     scores = json.loads((run / "scores.json").read_text())
     assert scores["partial"] is True and scores["unscored"] == ["eval_melody"]
     melody = scores["tasks"][1]
-    assert melody["clips"] == 0 and melody["skipped"] == {"bad audio": 4}
+    assert melody["clips"] == 0 and melody["dropped"] == {"bad audio": 4}
 
 
 def test_allow_partial_marks_the_overall_instead(make_cfg, tmp_path, capsys):
@@ -77,7 +77,7 @@ def test_allow_partial_marks_the_overall_instead(make_cfg, tmp_path, capsys):
     )
     summary = train(cfg)
     assert summary["partial"] and summary["overall_weight"] == 1.0
-    assert summary["tasks"][1]["skipped"] == {"bad audio": 4}
+    assert summary["tasks"][1]["dropped"] == {"bad audio": 4}
     assert "overall (PARTIAL: without eval_melody)" in capsys.readouterr().out
 
 

@@ -64,7 +64,7 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
     problems: list[str] = []
     data = _plain(cfg.get("data")) or {}
     # What the data module takes, less what the run passes itself.
-    own = {"task", "seed", "data_dir"}
+    own = {"task", "seed", "data_dir", "cuda_eval_batch_size"}
     accepted = [p for p in inspect.signature(TaskDataModule).parameters if p not in own]
     for key in data:
         if key not in accepted:
@@ -91,8 +91,9 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
     )
     for key in ("sort_buffer", "eval_sort_buffer"):
         need(key, _int(value(key)) and value(key) >= 0, "write 0 or more")
-    for key in ("crop_seconds", "eval_max_seconds"):
-        need(key, _positive_number(value(key)), "write a number of seconds > 0")
+    need("crop_seconds", _positive_number(value("crop_seconds")), "write a number of seconds > 0")
+    v = value("eval_max_seconds")
+    need("eval_max_seconds", v is None or _positive_number(v), "write seconds > 0, or null")
     need(
         "sample_rate",
         _int(value("sample_rate")) and value("sample_rate") > 0,
