@@ -117,6 +117,17 @@ class TaskSpec:
         return {name: dataclasses.asdict(spec) for name, spec in self.eval.items()}
 
 
+def eval_defaults() -> dict[str, Any]:
+    """The value a test set gets for each optional key it leaves out."""
+    out = {}
+    for f in dataclasses.fields(EvalSpec):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from xares.data.task_spec import eval_defaults
 from xares.metrics import MetricUnavailableError, build_metric
 from xares.models.audio_llm import AudioLLM
 
@@ -39,7 +40,7 @@ class AudioLLMModule(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.eval_sets = dict(eval_sets or {})
+        self.eval_sets = {k: {**eval_defaults(), **v} for k, v in (eval_sets or {}).items()}
         self.config = dict(config or {})
         # Checkpoints hold only trainable weights, so loading must not demand the frozen ones.
         self.strict_loading = False
