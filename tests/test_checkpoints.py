@@ -94,6 +94,17 @@ def test_evaluating_with_another_encoder_is_refused(trained, make_cfg, no_weight
     assert "'xares.encoders.dummy.DummyEncoder'" in message and "allow_ckpt_mismatch" in message
 
 
+def test_evaluating_with_another_decoder_is_refused(trained, make_cfg, no_weights):
+    cfg = make_cfg(
+        f"ckpt_path={trained}",
+        "llm=smollm2_135m_random",
+        config_name="eval",
+        output_dir=trained.parent / "eval_decoder",
+    )
+    with pytest.raises(CheckpointError, match="num_hidden_layers: checkpoint 2, this run 30"):
+        evaluate(cfg)
+
+
 def test_train_false_with_another_encoders_checkpoint_is_refused(trained, make_cfg, no_weights):
     cfg = make_cfg(*QUICK, "encoder=dummy", "train=false", f"ckpt_path={trained}")
     with pytest.raises(CheckpointError, match="trained with another model"):
