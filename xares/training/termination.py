@@ -48,7 +48,6 @@ class Terminated(SystemExit):
 class _State:
     # Set while a training loop can still stop cleanly at a batch end.
     grace_seconds: float | None = None
-    received = False
     owner: int | None = None  # the process that installed the handlers
 
 
@@ -62,7 +61,6 @@ def _on_sigterm(signum, frame) -> None:
         # A forked data-loader worker (a scheduler signals every process of the job): the
         # main process decides, and shuts its workers down as it stops.
         return
-    _State.received = True
     if _State.grace_seconds is None:
         _raise("SIGTERM received: stopping now")
     log.warning(
@@ -104,7 +102,7 @@ def stop_on_sigterm() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGALRM)}
-    _State.grace_seconds, _State.received, _State.owner = None, False, os.getpid()
+    _State.grace_seconds, _State.owner = None, os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
