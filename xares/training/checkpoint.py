@@ -30,6 +30,12 @@ LOCATION_KEYS = frozenset({"name_or_path", "checkpoint", "path", "filename"})
 IGNORED_KEYS = frozenset({"cache_dir"})
 
 
+_RETRY = (
+    "Delete it, or pass another file, or the run directory: a directory (and "
+    "ckpt_path=last) gives its newest readable checkpoint."
+)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, not an xares checkpoint, or for another model."""
 
@@ -43,9 +49,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from error
     if size == 0:
         raise CheckpointError(
-            f"checkpoint {path} is empty (0 bytes): a save was interrupted or the disk was full. "
-            "Delete it, or pass another file, run directory or ckpt_path=last (which skips "
-            "unreadable checkpoints)."
+            f"checkpoint {path} is empty (0 bytes): a save was interrupted or the disk was "
+            f"full. {_RETRY}"
         )
     try:
         # Our own checkpoints hold a config dict next to the tensors, which needs full unpickling.
@@ -53,8 +58,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as error:
         raise CheckpointError(
             f"checkpoint {path} ({size} bytes) is unreadable, probably truncated: "
-            f"{type(error).__name__}: {error}. Delete it, or pass another file, run directory "
-            "or ckpt_path=last (which skips unreadable checkpoints)."
+            f"{type(error).__name__}: {str(error).rstrip('. ')}. {_RETRY}"
         ) from error
     if not isinstance(checkpoint, dict) or "xares_config" not in checkpoint:
         raise CheckpointError(f"{path} is not an xares checkpoint (no saved config)")
