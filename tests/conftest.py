@@ -60,6 +60,24 @@ def make_cfg(tmp_path, data_home):
     return make
 
 
+# A two-layer, 32-wide Whisper: the real architecture and feature extractor, random weights.
+TINY_WHISPER = dict(
+    d_model=32,
+    encoder_layers=2,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_layers=1,
+    decoder_attention_heads=2,
+    decoder_ffn_dim=64,
+    vocab_size=64,
+    max_target_positions=16,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=1,
+)
+
+
 # Keep training runs in tests short; every test that trains starts from these.
 FAST = [
     "experiment=smoke",

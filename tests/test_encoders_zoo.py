@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_WHISPER
 from hydra.utils import get_method, instantiate
 from transformers import (
     HubertConfig,
@@ -120,21 +121,7 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
     fill(dasheng)
     dasheng.save_pretrained(root / "dasheng")
 
-    whisper = WhisperConfig(
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        decoder_ffn_dim=64,
-        vocab_size=64,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-    )
+    whisper = WhisperConfig(**TINY_WHISPER)
     torch.manual_seed(0)
     WhisperModel(whisper).save_pretrained(root / "whisper")
     WhisperFeatureExtractor().save_pretrained(root / "whisper")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_WHISPER
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from xares.encoders.whisper import WhisperEncoder
@@ -21,21 +22,7 @@ WINDOW = 30 * SR
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("whisper")
-    config = WhisperConfig(
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        decoder_ffn_dim=64,
-        vocab_size=64,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-    )
+    config = WhisperConfig(**TINY_WHISPER)
     torch.manual_seed(0)
     WhisperModel(config).save_pretrained(path)
     WhisperFeatureExtractor().save_pretrained(path)

@@ -280,22 +280,17 @@ class AudioLLM(nn.Module):
             audio_embeds, frame_mask, text, left_pad=False, pack=self.pack
         )
         base, body = self._parts()
-        if self.speed.logits == "full" or body is None or self.pack:
-            call = dict(
-                inputs_embeds=inputs,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=False,
+        call = dict(
+            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
+        )
+        targets_next = labels[:, 1:]
+        if body is None or self.speed.logits == "full":
+            # Every position through the vocabulary projection, as the reference computes.
+            logits = self.decoder(**call).logits[:, :-1]
+            return nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), targets_next.flatten(), ignore_index=IGNORE_INDEX
             )
-            targets_next = labels[:, 1:]
-            if body is None or self.speed.logits == "full":
-                # Every position through the vocabulary projection, as the reference computes.
-                logits = self.decoder(**call).logits[:, :-1]
-                return nn.functional.cross_entropy(
-                    logits.flatten(0, 1).float(),
-                    targets_next.flatten(),
-                    ignore_index=IGNORE_INDEX,
-                )
+        if self.pack:
             # A packed row has no fixed target slots: select them (the CPU demo's path).
             selected = targets_next != IGNORE_INDEX
             hidden = body(**call).last_hidden_state
