@@ -136,6 +136,21 @@ def test_eval_takes_encoder_options_and_edits_without_plus(trained, make_cfg):
     assert merged.task.name == "esc-50"
 
 
+def test_eval_overrides_generation_and_speed_and_keeps_the_rest(trained, make_cfg):
+    saved = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=False)["xares_config"]
+    cfg = make_cfg(
+        f"ckpt_path={trained}",
+        "generation.max_new_tokens=3",
+        "speed=reference",
+        config_name="eval",
+    )
+    merged = evaluation_config(cfg, saved)
+    assert merged.generation.max_new_tokens == 3
+    # Settings this command leaves at null keep the checkpoint's values.
+    assert merged.generation.repetition_penalty == saved["generation"]["repetition_penalty"]
+    assert merged.speed.logits == "full" and saved["speed"]["logits"] == "targets"
+
+
 def _resolved(cfg):
     from omegaconf import OmegaConf
 

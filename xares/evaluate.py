@@ -73,9 +73,8 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
         merged.callbacks = {}
         merged.paths = cfg.paths
         merged.data = OmegaConf.merge(merged.get("data", {}), cfg.get("data") or {})
-        merged.generation = OmegaConf.merge(
-            merged.get("generation", {}), cfg.get("generation") or {}
-        )
+        chosen = {k: v for k, v in (cfg.get("generation") or {}).items() if v is not None}
+        merged.generation = OmegaConf.merge(merged.get("generation", {}), chosen)
         merged.seed = cfg.seed
     return merged
 
