@@ -395,7 +395,9 @@ def test_eval_config_composes(make_cfg):
     cfg = make_cfg("ckpt_path=x", config_name="eval")
     assert cfg.ckpt_path == "x" and cfg.run_name == "eval"
     assert cfg.get("task") is None  # the task comes from the checkpoint unless given
-    assert not cfg.logger and cfg.generation == {}
+    # Generation settings left at null override nothing: the checkpoint's values stand.
+    assert not cfg.logger and set(cfg.generation.values()) == {None}
+    assert set(cfg.generation) == {"max_new_tokens", "repetition_penalty", "do_sample", "num_beams"}
     assert cfg.data.eval_limit is None and cfg.data.eval_batch_size is None
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     with_task = make_cfg("ckpt_path=x", "task=smoke", config_name="eval")
