@@ -46,6 +46,7 @@ from xares.data.collate import collate  # noqa: E402
 from xares.data.samples import Example  # noqa: E402
 from xares.encoders.cache import clip_id  # noqa: E402
 from xares.models.build import build_model  # noqa: E402
+from xares.training.module import build_optimizer  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The protocol's shapes: 10 s clips at 25 frames/s (250 frames), ~20 text tokens, batch 4.
@@ -134,11 +135,9 @@ def build(args, setting: str, device: torch.device):
     return cfg, model
 
 
-def optimizer_for(cfg, model, device) -> torch.optim.Optimizer:
+def optimizer_for(cfg, model) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = cfg.speed.get("fused_optimizer")
-    extra = {"fused": True} if fused is True or (fused == "auto" and device.type == "cuda") else {}
-    return instantiate(cfg.optimizer)(params=params, **extra)
+    return build_optimizer(instantiate(cfg.optimizer), params, cfg.speed.get("fused_optimizer"))
 
 
 def sync(device: torch.device) -> None:
@@ -162,7 +161,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def time_training(args, setting: str, device: torch.device) -> dict[str, Any]:
     cfg, model = build(args, setting, device)
     model.train()
-    optimizer = optimizer_for(cfg, model, device)
+    optimizer = optimizer_for(cfg, model)
     digest = clip_id if model.feature_cache is not None else None
     batch = args.batch
     loader = DataLoader(

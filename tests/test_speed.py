@@ -238,13 +238,28 @@ def test_speed_options_compose(make_cfg):
 
 def test_fused_adamw_only_where_it_runs(make_cfg):
     from xares.train import build_datamodule, build_module
+    from xares.training.module import build_optimizer
 
     cfg = make_cfg("experiment=smoke")
     module = build_module(cfg, build_datamodule(cfg))
-    assert module._accepts_fused()
     optimizer = module.configure_optimizers()["optimizer"]
     # CPU parameters: the fused kernel is not asked for under speed.fused_optimizer=auto.
     assert not optimizer.defaults.get("fused")
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    asked = []
+
+    def factory(params, **kwargs):
+        asked.append(kwargs)
+        return torch.optim.SGD(params, lr=0.1)
+
+    def adamw(params, lr=1e-3, fused=None):
+        asked.append({"fused": fused})
+        return torch.optim.SGD(params, lr=lr)
+
+    build_optimizer(factory, params, True)  # takes no `fused`: never passed one
+    build_optimizer(adamw, params, True)
+    build_optimizer(adamw, params, "auto")  # CPU parameters: auto means no
+    assert asked == [{}, {"fused": True}, {"fused": None}]
 
 
 @pytest.mark.gpu

@@ -21,6 +21,21 @@ log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 10
 
 
+def build_optimizer(
+    factory: Callable[..., torch.optim.Optimizer], params: list, fused: bool | str = False
+) -> torch.optim.Optimizer:
+    """The configured optimiser over ``params``; fused (one kernel for the whole update) when
+    ``fused`` is true, or ``auto`` with every parameter on a GPU, and the optimiser takes it."""
+    target = getattr(factory, "func", factory)
+    try:
+        accepts = "fused" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    wanted = fused is True or (fused == "auto" and on_cuda)
+    return factory(params=params, **({"fused": True} if wanted and accepts else {}))
+
+
 class AudioLLMModule(pl.LightningModule):
     """Trains projector + LoRA; in ``test`` generates answers for each eval set and scores them.
 
@@ -91,13 +106,9 @@ class AudioLLMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        extra = {}
-        fused = self._speed("fused_optimizer", False)
-        on_cuda = all(p.device.type == "cuda" for p in params)
-        if (fused is True or (fused == "auto" and on_cuda)) and self._accepts_fused():
-            # One kernel for the whole update instead of several per parameter tensor.
-            extra["fused"] = True
-        optimizer = self.optimizer_factory(params=params, **extra)
+        optimizer = build_optimizer(
+            self.optimizer_factory, params, self._speed("fused_optimizer", False)
+        )
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -105,14 +116,6 @@ class AudioLLMModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    def _accepts_fused(self) -> bool:
-        factory = self.optimizer_factory
-        target = getattr(factory, "func", factory)
-        try:
-            return "fused" in inspect.signature(target).parameters
-        except (TypeError, ValueError):
-            return False
 
     def state_dict(self, *args, **kwargs):
         # Frozen encoder/decoder weights are rebuilt from the config; storing them would make
