@@ -78,6 +78,7 @@ class AudioLLM(nn.Module):
         self.speed = speed or Speed()
         self.text = TextEncoder(tokenizer, multiple=self.speed.text_multiple)
         self.feature_cache = feature_cache  # frozen-encoder outputs by clip (None: off)
+        self.resolved_speed: dict[str, Any] = {}  # set by configure_speed once a device is known
         self._mask_warning: dict = {}
         self._loss = self._target_loss
         # from_pretrained returns decoders in eval mode; training must see LoRA dropout.
@@ -191,10 +192,13 @@ class AudioLLM(nn.Module):
         text: Mapping[str, torch.Tensor],
         left_pad: bool,
         pack: bool = False,
+        with_labels: bool = True,
     ):
         """Each row's real audio frames, then its prompt, then its target + EOS, padded.
 
-        Returns ``(inputs [B, W, H], attention [B, W], positions [B, W], labels [B, W])``.
+        Returns ``(inputs [B, W, H], attention [B, W], positions [B, W], labels [B, W])``;
+        ``labels`` is ``None`` with ``with_labels=False`` (the target-slot loss and generation
+        take their labels from the token ids instead).
         ``pack=True`` instead returns one row holding every example back to back (no padding,
         ``attention`` is ``None``, positions restart at each example).
         """
@@ -224,19 +228,23 @@ class AudioLLM(nn.Module):
         index = torch.where(real, index, 0)
         inputs = source.gather(1, index[..., None].expand(-1, -1, hidden))
         inputs = inputs.masked_fill(~real[..., None], 0)
-        in_target = real & ~in_audio & ~in_prompt
-        target_slot = (k - start_text - n_prompt[:, None]).clamp(0, max(target_ids.shape[1] - 1, 0))
-        if target_ids.shape[1]:
-            labels = torch.where(in_target, target_ids.gather(1, target_slot), IGNORE_INDEX)
-        else:
-            labels = torch.full_like(k, IGNORE_INDEX)
+        labels = None
+        if with_labels:
+            in_target = real & ~in_audio & ~in_prompt
+            last = max(target_ids.shape[1] - 1, 0)
+            target_slot = (k - start_text - n_prompt[:, None]).clamp(0, last)
+            if target_ids.shape[1]:
+                labels = torch.where(in_target, target_ids.gather(1, target_slot), IGNORE_INDEX)
+            else:
+                labels = torch.full_like(k, IGNORE_INDEX)
         attention = real.long()
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         if pack:
             # Packed rows carry no attention mask: the decoder reads the restarting position
             # ids as sequence boundaries and attends block-diagonally, so there is no padding
             # and clips of different lengths (hence different tasks) can share a batch cheaply.
-            return inputs[real][None], None, positions[real][None], labels[real][None]
+            packed_labels = labels[real][None] if labels is not None else None
+            return inputs[real][None], None, positions[real][None], packed_labels
         return inputs, attention, positions, labels
 
     # ------------------------------------------------------------------ training
@@ -276,22 +284,35 @@ class AudioLLM(nn.Module):
         """Mean cross-entropy over target tokens (+ EOS) of the batch."""
         audio_embeds, frame_mask = self.encode(audio, audio_mask, clip_ids)
         text = self.text_batch(prompts, targets, audio_embeds.device, text)
-        inputs, attention, positions, labels = self._splice(
-            audio_embeds, frame_mask, text, left_pad=False, pack=self.pack
-        )
         base, body = self._parts()
-        call = dict(
-            inputs_embeds=inputs, attention_mask=attention, position_ids=positions, use_cache=False
+        full = body is None or self.speed.logits == "full"
+        inputs, attention, positions, labels = self._splice(
+            audio_embeds,
+            frame_mask,
+            text,
+            left_pad=False,
+            pack=self.pack,
+            with_labels=full or self.pack,
         )
-        targets_next = labels[:, 1:]
-        if body is None or self.speed.logits == "full":
-            # Every position through the vocabulary projection, as the reference computes.
-            logits = self.decoder(**call).logits[:, :-1]
-            return nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), targets_next.flatten(), ignore_index=IGNORE_INDEX
+        if full or self.pack:
+            call = dict(
+                inputs_embeds=inputs,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=False,
             )
-        if self.pack:
-            # A packed row has no fixed target slots: select them (the CPU demo's path).
+            targets_next = labels[:, 1:]
+            if full:
+                # Every position through the vocabulary projection, as the reference computes.
+                logits = self.decoder(**call).logits[:, :-1]
+                return nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(),
+                    targets_next.flatten(),
+                    ignore_index=IGNORE_INDEX,
+                )
+            # A packed row has no fixed target slots: select them (the CPU demo's path). Each
+            # example starts with audio frames (labelled IGNORE_INDEX), so no position is
+            # trained to predict the next example's first token.
             selected = targets_next != IGNORE_INDEX
             hidden = body(**call).last_hidden_state
             logits = base.get_output_embeddings()(hidden[:, :-1][selected])
@@ -324,7 +345,7 @@ class AudioLLM(nn.Module):
         text = {**text, "target_ids": text["target_ids"][:, :0]}
         text["target_lengths"] = torch.zeros_like(text["prompt_lengths"])
         inputs, attention, positions, _ = self._splice(
-            audio_embeds, frame_mask, text, left_pad=True
+            audio_embeds, frame_mask, text, left_pad=True, with_labels=False
         )
         settings = {
             "do_sample": False,
@@ -333,7 +354,7 @@ class AudioLLM(nn.Module):
             "max_new_tokens": 150,
         }
         settings.update(self.generation)
-        settings.update(self.speed.generate_settings(inputs.device))
+        settings.update(self.speed.generate_settings())
         settings.update(overrides)
         output = self.decoder.generate(
             inputs_embeds=inputs,

@@ -23,7 +23,8 @@ def _plain(node: Any) -> Any:
 def build_feature_cache(encoder, cfg: DictConfig) -> FeatureCache | None:
     """The frozen-encoder feature cache of ``speed.feature_cache`` (``None`` when disabled)."""
     spec = _plain((cfg.get("speed") or {}).get("feature_cache")) or {}
-    if not spec.get("enabled") or not float(spec.get("memory_gb") or 0) and not spec.get("dir"):
+    stores = float(spec.get("memory_gb") or 0) > 0 or spec.get("dir")
+    if not spec.get("enabled") or not stores:
         return None
     dtype = spec.get("dtype")
     if dtype is not None and dtype not in DTYPES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -48,7 +48,10 @@ class Speed:
     buckets: Sequence[int] | None = None  # padded sequence lengths while compiled
     text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
     generate_cache: str = "dynamic"  # dynamic | static | auto: static on CUDA
+    # Set by resolve(); until then a model runs eager with a dynamic cache.
     shaped: bool = field(default=False, init=False)
+    compiled: bool = field(default=False, init=False)
+    resolved_cache: str = field(default="dynamic", init=False)
 
     def __post_init__(self):
         _choice(self.decoder_dtype, "decoder_dtype", [*DTYPES, "auto"])
@@ -67,7 +70,7 @@ class Speed:
         if node is None:
             return cls()
         settings = dict(node)
-        known = {f for f in cls.__dataclass_fields__ if f != "shaped"}
+        known = {f.name for f in fields(cls) if f.init}
         # Read elsewhere: by the feature cache, the optimiser and the test loaders.
         others = {"feature_cache", "fused_optimizer", "eval_batch_size"}
         unknown = sorted(set(settings) - known - others)
@@ -88,12 +91,12 @@ class Speed:
             # One graph per bucket and batch size; the default limit of 8 would silently fall
             # back to eager after the eighth shape.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        self._resolved_cache = (
+        self.resolved_cache = (
             ("static" if cuda else "dynamic")
             if self.generate_cache == "auto"
             else self.generate_cache
         )
-        self._compiled = compiled
+        self.compiled = compiled
         return {
             "device": str(device),
             "decoder_dtype": DTYPES[dtype_name],
@@ -106,7 +109,7 @@ class Speed:
                 "dynamic": False,
             },
             "buckets": self.buckets if self.shaped else None,
-            "generate_cache": self._resolved_cache,
+            "generate_cache": self.resolved_cache,
         }
 
     def bucket(self, length: int) -> int:
@@ -119,13 +122,10 @@ class Speed:
         last = self.buckets[-1]
         return -(-length // last) * last
 
-    def generate_settings(self, device: torch.device) -> dict[str, Any]:
+    def generate_settings(self) -> dict[str, Any]:
         """``generate`` keywords: the KV cache, and whether transformers may compile the step."""
-        cache = getattr(self, "_resolved_cache", None) or (
-            "dynamic" if self.generate_cache == "auto" else self.generate_cache
-        )
-        settings: dict[str, Any] = {"disable_compile": not getattr(self, "_compiled", False)}
-        if cache == "static":
+        settings: dict[str, Any] = {"disable_compile": not self.compiled}
+        if self.resolved_cache == "static":
             settings["cache_implementation"] = "static"
         return settings
 

@@ -69,7 +69,7 @@ class AudioLLMModule(pl.LightningModule):
         # The device is known here, before the optimiser exists and before weights move: the
         # frozen decoder can change dtype and the step be compiled once for the whole run.
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        if getattr(self.model, "resolved_speed", {}).get("device") != str(device):
+        if self.model.resolved_speed.get("device") != str(device):
             self.model.configure_speed(device)
 
     def _speed(self, key: str, default: Any = None) -> Any:
