@@ -1,23 +1,27 @@
-"""Shard resolution, caching and downloading against a local HTTP server."""
+"""Shard resolution, caching and downloading against a local stand-in for the hub."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import json
 import os
 import re
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants as hf_constants
 
-from xares.data import shards
 from xares.data.prefetch import collect_datasets, load_task_file, main, prefetch
 from xares.data.shards import (
     DownloadError,
     MissingShardError,
     RemoteNotFoundError,
     data_home,
+    download_file,
     expand_pattern,
     hf_endpoint,
     hub_url,
@@ -25,34 +29,47 @@ from xares.data.shards import (
 )
 
 REPO = "mispeech/xares_llm_data"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+RESOLVE = re.compile(r"^/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+TREE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<folder>.+))?$")
 
 
 # --------------------------------------------------------------------------- server
 
 
-class FileServer:
-    """Serves ``files`` over HTTP with Range support; records every request.
+class HubServer:
+    """Answers what ``huggingface_hub`` asks a hub endpoint, plus plain file URLs.
 
-    ``modes[path]`` changes how a path misbehaves: ``cut_once`` sends half the
-    body of the first full request and drops the connection, ``always_cut``
-    does that every time, ``no_range`` ignores Range headers, ``slow`` dribbles
-    the body out so concurrent clients overlap.
+    ``files`` maps URL paths to bodies: ``/datasets/<repo>/resolve/main/<path>``
+    for repository files (HEAD with ``X-Repo-Commit``/``ETag``, GET with Range,
+    a 404 with ``X-Error-Code: EntryNotFound`` for an unknown entry, and the
+    ``/api/datasets/<repo>/tree/main/<folder>`` listing), anything else as a plain
+    file. ``modes[path]`` makes a path misbehave: ``cut_once`` sends half the body
+    of the first GET and drops the connection, ``busy_once`` answers the first
+    request with 503, ``error`` always answers 500, ``slow`` dribbles the body out
+    so concurrent clients overlap. Every request is recorded as (method, path, headers),
+    header names in lower case.
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.modes: dict[str, str] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self._cut_done: set[str] = set()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._done: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:
-                owner._serve(self)
+                owner._serve(self, body=True)
+
+            def do_HEAD(self) -> None:
+                owner._serve(self, body=False)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -61,29 +78,54 @@ class FileServer:
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
 
-    def _serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        path = h.path.split("?", 1)[0]
+    def _once(self, mode: str, path: str) -> bool:
         with self._lock:
-            self.requests.append((path, dict(h.headers.items())))
-        body = self.files.get(path)
-        if body is None:
-            h.send_error(404)
-            return
+            if (mode, path) in self._done:
+                return False
+            self._done.add((mode, path))
+            return True
+
+    def _reply(self, h, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        h.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            h.send_header(key, value)
+        h.end_headers()
+        if h.command == "GET":
+            h.wfile.write(body)
+
+    def _serve(self, h: http.server.BaseHTTPRequestHandler, body: bool) -> None:
+        path = urllib.parse.unquote(h.path.split("?", 1)[0])
+        with self._lock:
+            self.requests.append((h.command, path, {k.lower(): v for k, v in h.headers.items()}))
         mode = self.modes.get(path, "ok")
+        if mode == "error" or (mode == "busy_once" and self._once(mode, path)):
+            self._reply(h, 500 if mode == "error" else 503, {})
+            return
+        tree = TREE.match(path)
+        if tree:
+            self._serve_tree(h, tree)
+            return
+        data = self.files.get(path)
+        hub = {"X-Repo-Commit": COMMIT} if RESOLVE.match(path) else {}
+        if data is None:
+            self._reply(h, 404, {**hub, "X-Error-Code": "EntryNotFound"} if hub else {})
+            return
+        if hub:
+            hub["ETag"] = f'"{hashlib.sha1(data).hexdigest()}"'
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
-        if match and mode != "no_range":
+        headers = dict(hub)
+        if match and body:
             start = int(match.group(1))
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            h.send_response(200)
-        h.send_header("Content-Length", str(len(body) - start))
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        payload = data[start:]
+        h.send_response(206 if start else 200)
+        for key, value in {**headers, "Content-Length": str(len(payload))}.items():
+            h.send_header(key, value)
         h.end_headers()
-        payload = body[start:]
-        cut = mode == "always_cut" or (mode == "cut_once" and path not in self._cut_done)
-        if cut:
-            self._cut_done.add(path)
+        if not body:
+            return
+        if mode == "cut_once" and self._once(mode, path):
             h.wfile.write(payload[: len(payload) // 2])
             h.wfile.flush()
             h.close_connection = True
@@ -96,13 +138,29 @@ class FileServer:
             return
         h.wfile.write(payload)
 
-    def count(self, path: str) -> int:
-        return sum(1 for p, _ in self.requests if p == path)
+    def _serve_tree(self, h, tree: re.Match) -> None:
+        prefix = f"/datasets/{tree['repo']}/resolve/{tree['rev']}/"
+        folder = (tree["folder"] or "").strip("/")
+        entries = [
+            {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            for key, data in sorted(self.files.items())
+            if key.startswith(prefix)
+            for name in [key[len(prefix) :]]
+            if not folder or name.startswith(folder + "/")
+        ]
+        body = json.dumps(entries).encode()
+        self._reply(h, 200, {"Content-Type": "application/json"}, body)
+
+    def count(self, path: str, method: str = "GET") -> int:
+        return sum(1 for m, p, _ in self.requests if p == path and m == method)
+
+    def paths(self, method: str = "GET") -> list[str]:
+        return sorted(p for m, p, _ in self.requests if m == method)
 
 
 @pytest.fixture
 def server():
-    srv = FileServer()
+    srv = HubServer()
     srv.thread.start()
     yield srv
     srv.httpd.shutdown()
@@ -114,13 +172,21 @@ def _isolated(tmp_path, monkeypatch):
     for name in ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "XARES_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XARES_DATA_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(shards, "BACKOFF_BASE", 0.0)
-    monkeypatch.setattr(shards, "CHUNK_SIZE", 1024)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub waits seconds between retries; the stand-in server needs none."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
 
 
 def payload(n: int = 10_000, seed: int = 0) -> bytes:
     return bytes((i * 31 + seed * 7) % 251 for i in range(n))
+
+
+def resolve_path(path: str) -> str:
+    return f"/datasets/{REPO}/resolve/main/{path}"
 
 
 # --------------------------------------------------------------------------- patterns
@@ -145,7 +211,6 @@ def payload(n: int = 10_000, seed: int = 0) -> bytes:
         ("{a,b{1,2}}", ["a", "b1", "b2"]),
         ("plain/file.tar", ["plain/file.tar"]),
         ("x{a}y", ["x{a}y"]),
-        ("open{1..2", ["open{1..2"]),
     ],
 )
 def test_expand_pattern(pattern, expected):
@@ -156,6 +221,11 @@ def test_expand_protocol_pattern_width():
     names = expand_pattern("AISHELL-1/train/train_000{000..173}.tar.gz")
     assert len(names) == 174
     assert names[0].endswith("train_000000.tar.gz") and names[-1].endswith("train_000173.tar.gz")
+
+
+def test_unbalanced_braces_are_an_error():
+    with pytest.raises(ValueError, match="unbalanced braces"):
+        resolve_shards("open{1..2.tar", offline=True)
 
 
 def test_locations(tmp_path, monkeypatch):
@@ -201,101 +271,99 @@ def test_missing_local_pattern_is_an_error(tmp_path):
     assert "match no file" in str(err)
 
 
-# --------------------------------------------------------------------------- remote
+# --------------------------------------------------------------------------- hub
 
 
-def test_url_downloaded_once(server, tmp_path):
-    server.files["/d/x_0.tar"] = payload(5000, 1)
-    server.files["/d/x_1.tar"] = payload(7000, 2)
-    pattern = server.url + "/d/x_{0..1}.tar"
-    first = resolve_shards(pattern, progress=True)
-    host = f"127.0.0.1_{server.httpd.server_address[1]}"
-    assert first == [str(data_home() / "urls" / host / "d" / f"x_{i}.tar") for i in (0, 1)]
-    assert Path(first[0]).read_bytes() == payload(5000, 1)
-    assert Path(first[1]).read_bytes() == payload(7000, 2)
-    assert len(server.requests) == 2
-    again = resolve_shards([pattern, pattern], progress=False, offline=True)
-    assert again == first
-    assert len(server.requests) == 2
-
-
-def test_hub_layout_root_and_cache(server, tmp_path, monkeypatch):
+def test_hub_download_root_and_cache_hit(server, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url + "/")
     for i in range(1, 5):
-        server.files[f"/datasets/{REPO}/resolve/main/ESC-50/train/f_{i}.tar.gz"] = payload(900, i)
+        server.files[resolve_path(f"ESC-50/train/f_{i}.tar.gz")] = payload(900, i)
     root = tmp_path / "local_copy"
     (root / "ESC-50/train").mkdir(parents=True)
     (root / "ESC-50/train/f_2.tar.gz").write_bytes(b"local")
 
-    got = resolve_shards("ESC-50/train/f_{1..4}.tar.gz", REPO, root=root, progress=False)
+    got = resolve_shards("ESC-50/train/f_{1..4}.tar.gz", REPO, root=root, progress=True)
     assert got[1] == str(root / "ESC-50/train/f_2.tar.gz")
     for i in (1, 3, 4):
         path = data_home() / REPO / f"ESC-50/train/f_{i}.tar.gz"
         assert got[i - 1] == str(path)
         assert path.read_bytes() == payload(900, i)
-    assert sorted(p for p, _ in server.requests) == [
-        f"/datasets/{REPO}/resolve/main/ESC-50/train/f_{i}.tar.gz" for i in (1, 3, 4)
-    ]
+    fetched = [resolve_path(f"ESC-50/train/f_{i}.tar.gz") for i in (1, 3, 4)]
+    assert server.paths("GET") == fetched
+    seen = len(server.requests)
+    # A warm cache is read without asking the server, online or offline.
     assert resolve_shards("ESC-50/train/f_{1..4}.tar.gz", REPO, root=root, offline=True) == got
-    assert len(server.requests) == 3
+    assert resolve_shards("ESC-50/train/f_{1..4}.tar.gz", REPO, root=root) == got
+    assert len(server.requests) == seen
+    assert not list((data_home() / REPO).rglob("*.incomplete"))
 
 
-def test_interrupted_download_resumes_with_range(server, monkeypatch):
-    body = payload(8000, 3)
-    server.files["/big.tar"] = body
-    server.modes["/big.tar"] = "cut_once"
-    url = server.url + "/big.tar"
-    dest = shards._url_cache_path(url)
-
-    monkeypatch.setattr(shards, "RETRIES", 0)
-    with pytest.raises(DownloadError, match="4000 of 8000"):
-        resolve_shards(url, progress=False)
-    assert not dest.exists()
-    part = dest.with_name(dest.name + ".part")
-    assert part.read_bytes() == body[:4000]
-
-    monkeypatch.setattr(shards, "RETRIES", 5)
-    assert resolve_shards(url, progress=False) == [str(dest)]
-    assert dest.read_bytes() == body
-    assert not part.exists()
-    assert server.requests[-1][1].get("Range") == "bytes=4000-"
+def test_hub_layout_of_a_manual_download_is_read_in_place(server, monkeypatch):
+    # `hf download <repo> --local-dir $XARES_DATA_HOME` puts repository paths at the top.
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    flat = data_home() / "ESC-50/test/a.tar"
+    flat.parent.mkdir(parents=True)
+    flat.write_bytes(b"manual")
+    assert resolve_shards("ESC-50/test/a.tar", REPO) == [str(flat)]
+    assert server.requests == []
 
 
-def test_retry_within_one_call_and_server_without_range(server):
-    body = payload(6000, 4)
-    server.files["/a.tar"] = body
-    server.modes["/a.tar"] = "cut_once"
-    server.files["/b.tar"] = body[::-1]
-    server.modes["/b.tar"] = "no_range"
-    shards.download_file(server.url + "/a.tar", Path("a.tar"), progress=False)
-    assert Path("a.tar").read_bytes() == body
-    assert [h.get("Range") for _, h in server.requests] == [None, "bytes=3000-"]
+def test_hub_glob_is_listed_then_read_from_disk(server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    for name in ("s_2.tar", "s_10.tar", "s_1.tar", "notes.txt"):
+        server.files[resolve_path(f"Set/train/{name}")] = name.encode()
+    server.files[resolve_path("Other/train/s_3.tar")] = b"elsewhere"
 
-    # a partial file left from an earlier run; the server answers 200, so start over
-    Path("b.tar.part").write_bytes(b"stale bytes")
-    shards.download_file(server.url + "/b.tar", Path("b.tar"), progress=False)
-    assert Path("b.tar").read_bytes() == body[::-1]
+    got = resolve_shards("Set/train/s_*.tar", REPO, progress=False)
+    assert [Path(p).name for p in got] == ["s_1.tar", "s_10.tar", "s_2.tar"]
+    assert [Path(p).read_bytes() for p in got] == [b"s_1.tar", b"s_10.tar", b"s_2.tar"]
+    assert [p for m, p, _ in server.requests if p.startswith("/api/")] == [
+        f"/api/datasets/{REPO}/tree/main/Set/train"
+    ]
+    seen = len(server.requests)
+    assert resolve_shards("Set/train/s_*.tar", REPO, progress=False) == got
+    assert len(server.requests) == seen
 
-
-def test_server_that_always_cuts(server, monkeypatch):
-    server.files["/bad.tar"] = payload(4096)
-    server.modes["/bad.tar"] = "always_cut"
-    monkeypatch.setattr(shards, "RETRIES", 3)
-    url = server.url + "/bad.tar"
-    with pytest.raises(DownloadError, match="after 4 attempt"):
-        resolve_shards(url, progress=False)
-    assert server.count("/bad.tar") == 4
-    dest = shards._url_cache_path(url)
-    assert not dest.exists()
-    assert [p.name for p in dest.parent.iterdir() if not p.name.endswith((".part", ".lock"))] == []
+    with pytest.raises(RemoteNotFoundError, match="matches 'Set/test/"):
+        resolve_shards("Set/test/*.tar", REPO, progress=False)
 
 
-def test_404_fails_fast_with_the_url(server):
-    url = server.url + "/nope.tar"
+def test_hub_404_fails_fast_naming_the_file(server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
     with pytest.raises(RemoteNotFoundError) as info:
-        resolve_shards(url, progress=False)
-    assert url in str(info.value) and "404" in str(info.value)
-    assert server.count("/nope.tar") == 1
+        resolve_shards("ESC-50/train/nope.tar", REPO, progress=False)
+    text = str(info.value)
+    assert "ESC-50/train/nope.tar" in text and REPO in text and server.url in text
+    assert "404" in text
+    assert server.requests[0][:2] == ("HEAD", resolve_path("ESC-50/train/nope.tar"))
+    assert server.count(resolve_path("ESC-50/train/nope.tar")) == 0
+    assert not (data_home() / REPO / "ESC-50/train/nope.tar").exists()
+
+
+def test_hub_server_error_is_retried(server, monkeypatch, no_backoff):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    path = resolve_path("busy.tar")
+    server.files[path] = payload(3000, 6)
+    server.modes[path] = "busy_once"
+    got = resolve_shards("busy.tar", REPO, progress=False)
+    assert Path(got[0]).read_bytes() == payload(3000, 6)
+    assert server.count(path, "HEAD") == 2 and server.count(path) == 1
+
+
+def test_unreachable_hub_lists_every_missing_shard(monkeypatch, no_backoff):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(MissingShardError) as info:
+        resolve_shards("ESC-50/train/f_{1..3}.tar", REPO, task="esc50", progress=False)
+    err = info.value
+    assert [m.shard for m in err.missing] == [f"ESC-50/train/f_{i}.tar" for i in (1, 2, 3)]
+    text = str(err)
+    assert "no usable answer from" in text and f"127.0.0.1:{port}" in text
+    assert "make data TASK=esc50" in text and "HF_ENDPOINT" in text
 
 
 def test_offline_lists_every_missing_shard(server, monkeypatch):
@@ -327,26 +395,28 @@ def test_offline_lists_every_missing_shard(server, monkeypatch):
 def test_hf_token_only_for_the_hub(server, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    server.files[f"/datasets/{REPO}/resolve/main/t.tar"] = b"tar"
+    server.files[resolve_path("t.tar")] = b"tar"
     server.files["/plain/t.tar"] = b"tar"
     resolve_shards("t.tar", REPO, progress=False)
-    assert server.requests[-1][1].get("Authorization") == "Bearer hf_secret"
+    assert server.requests[-1][1] == resolve_path("t.tar")
+    assert server.requests[-1][2].get("authorization") == "Bearer hf_secret"
 
-    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
     resolve_shards(server.url + "/plain/t.tar", progress=False)
-    assert "Authorization" not in server.requests[-1][1]
+    assert server.requests[-1][1] == "/plain/t.tar"
+    assert "authorization" not in server.requests[-1][2]
 
 
-def test_concurrent_downloads_share_one_transfer(server):
+def test_concurrent_downloads_share_one_transfer(server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
     body = payload(20_000, 5)
-    server.files["/c.tar"] = body
-    server.modes["/c.tar"] = "slow"
-    url = server.url + "/c.tar"
+    path = resolve_path("c.tar")
+    server.files[path] = body
+    server.modes[path] = "slow"
     results: list[object] = []
 
     def fetch() -> None:
         try:
-            results.append(resolve_shards(url, progress=False))
+            results.append(resolve_shards("c.tar", REPO, progress=False))
         except Exception as err:  # surfaced by the assertion below
             results.append(err)
 
@@ -354,17 +424,71 @@ def test_concurrent_downloads_share_one_transfer(server):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=10)
-    dest = shards._url_cache_path(url)
+        t.join(timeout=30)
+    dest = data_home() / REPO / "c.tar"
     assert results == [[str(dest)]] * 3
     assert dest.read_bytes() == body
-    assert server.count("/c.tar") == 1
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["c.tar"]
+    assert server.count(path) == 1
+    assert [p.name for p in dest.parent.iterdir() if not p.name.startswith(".")] == ["c.tar"]
 
 
 def test_unsafe_repo_paths_are_refused():
     with pytest.raises(ValueError, match="inside the cache"):
         resolve_shards("../../etc/passwd", REPO, offline=True)
+
+
+# --------------------------------------------------------------------------- plain URLs
+
+
+def test_url_downloaded_once(server):
+    server.files["/d/x_0.tar"] = payload(5000, 1)
+    server.files["/d/x_1.tar"] = payload(7000, 2)
+    pattern = server.url + "/d/x_{0..1}.tar"
+    first = resolve_shards(pattern, progress=True)
+    host = f"127.0.0.1_{server.httpd.server_address[1]}"
+    assert first == [str(data_home() / "urls" / host / "d" / f"x_{i}.tar") for i in (0, 1)]
+    assert Path(first[0]).read_bytes() == payload(5000, 1)
+    assert Path(first[1]).read_bytes() == payload(7000, 2)
+    assert len(server.requests) == 2
+    again = resolve_shards([pattern, pattern], progress=False, offline=True)
+    assert again == first
+    assert resolve_shards(pattern, progress=False) == first
+    assert len(server.requests) == 2
+
+
+def test_dropped_connection_resumes_with_range(server, no_backoff, monkeypatch):
+    # huggingface_hub resumes from the last whole chunk it wrote; small chunks make
+    # a small body show it.
+    monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 1024)
+    body = payload(6000, 4)
+    server.files["/a.tar"] = body
+    server.modes["/a.tar"] = "cut_once"
+    download_file(server.url + "/a.tar", Path("a.tar"), progress=False)
+    assert Path("a.tar").read_bytes() == body
+    ranges = [h.get("range") for _, _, h in server.requests]
+    assert len(ranges) == 2 and ranges[0] is None
+    assert re.fullmatch(r"bytes=(\d+)-", ranges[1]) and 0 < int(ranges[1][6:-1]) <= 3000
+    assert sorted(os.listdir(".")) == [".a.tar.lock", "a.tar"]
+
+
+def test_url_404_fails_fast_with_the_url(server):
+    url = server.url + "/nope.tar"
+    with pytest.raises(RemoteNotFoundError) as info:
+        resolve_shards(url, progress=False)
+    assert url in str(info.value) and "404" in str(info.value)
+    assert server.count("/nope.tar") == 1
+
+
+def test_url_server_error_is_a_clear_error(server):
+    server.files["/down.tar"] = b"x"
+    server.modes["/down.tar"] = "error"
+    url = server.url + "/down.tar"
+    with pytest.raises(DownloadError) as info:
+        resolve_shards(url, progress=False)
+    assert url in str(info.value) and "HTTP 500" in str(info.value)
+    assert "run again later" in str(info.value)
+    folder = data_home() / "urls" / f"127.0.0.1_{server.httpd.server_address[1]}"
+    assert [p.name for p in folder.iterdir()] == [".down.tar.lock"]
 
 
 # --------------------------------------------------------------------------- prefetch
@@ -398,7 +522,7 @@ eval:
 
 def test_prefetch_task_file(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    base = f"/datasets/{REPO}/resolve/main/ESC-50"
+    base = resolve_path("ESC-50")
     server.files[f"{base}/train/esc50_fold_1_0000000.tar.gz"] = payload(1000, 1)
     server.files[f"{base}/train/esc50_fold_2_0000000.tar.gz"] = payload(2000, 2)
     server.files[f"{base}/test/esc50_fold_5_0000000.tar.gz"] = payload(3000, 3)
@@ -417,7 +541,7 @@ def test_prefetch_task_file(server, tmp_path, monkeypatch, capsys):
     assert main([str(task), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "3 shard(s) from 2 dataset(s)" in out and str(data_home()) in out
-    assert len(server.requests) == 3
+    assert len(server.paths("GET")) == 3
 
 
 def test_prefetch_reports_all_missing_at_once(tmp_path, capsys):

@@ -199,7 +199,7 @@ def check_data(
         sections.append(task.train)
     if evaluate:
         sections.append(task.eval)
-    missing = []
+    errors: list[MissingShardError] = []
     for section in sections:
         for spec in section.values():
             try:
@@ -207,6 +207,6 @@ def check_data(
                     spec.shards, spec.repo_id, download=download, task=task.name, cache_dir=data_dir
                 )
             except MissingShardError as error:
-                missing += error.missing
-    if missing:
-        raise MissingShardError.build(missing, download=download, task=task.name)
+                errors.append(error)
+    if errors:
+        raise MissingShardError.merge(errors, download=download, task=task.name)

@@ -20,12 +20,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xares.data.shards import (
-    MissingShardError,
-    data_home,
-    format_bytes,
-    resolve_shards,
-)
+from tqdm import tqdm
+
+from xares.data.shards import MissingShardError, data_home, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +46,7 @@ def prefetch(
     """
     paths: list[str] = []
     seen: set[str] = set()
-    missing = []
+    errors: list[MissingShardError] = []
     for dataset in datasets:
         shards = dataset["shards"]
         if isinstance(shards, str):
@@ -65,14 +62,14 @@ def prefetch(
                 task=task,
             )
         except MissingShardError as err:
-            missing.extend(err.missing)
+            errors.append(err)
             continue
         for path in found:
             if path not in seen:
                 seen.add(path)
                 paths.append(path)
-    if missing:
-        raise MissingShardError.build(missing, download=download, task=task)
+    if errors:
+        raise MissingShardError.merge(errors, download=download, task=task)
     return paths
 
 
@@ -215,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = sum(os.path.getsize(p) for p in paths)
     home = data_home()
     outside = [p for p in paths if not Path(p).is_relative_to(home)]
-    print(f"{len(paths)} shard(s) from {len(datasets)} dataset(s), {format_bytes(total)} in total")
+    size = tqdm.format_sizeof(total, "B", 1024)
+    print(f"{len(paths)} shard(s) from {len(datasets)} dataset(s), {size} in total")
     print(f"cache: {home}")
     if outside:
         print(f"{len(outside)} shard(s) are read in place outside the cache")

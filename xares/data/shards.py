@@ -5,6 +5,11 @@ inside a Hugging Face dataset repository (``repo_id``). ``resolve_shards`` turns
 all of those into a flat list of local files. Remote files are fetched once into
 ``data_home()`` and read from there afterwards, so training never touches the
 network once the cache is warm.
+
+The transfers themselves belong to ``huggingface_hub``: ``hf_hub_download`` for
+files in a dataset repository (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``,
+retries, the Xet transfer backend, copying from the user's HF cache) and its
+``http_get`` for plain URLs (retries and resuming after a dropped connection).
 """
 
 from __future__ import annotations
@@ -12,22 +17,24 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import http.client
 import logging
 import os
 import re
-import time
-import urllib.error
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-try:  # POSIX only; see _claim() for what happens without it.
-    import fcntl
-except ImportError:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
+import braceexpand
+from filelock import FileLock
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import filter_repo_objects
+from tqdm.auto import tqdm
 
 __all__ = [
     "DownloadError",
@@ -36,7 +43,6 @@ __all__ = [
     "data_home",
     "download_file",
     "expand_pattern",
-    "format_bytes",
     "hf_endpoint",
     "hub_url",
     "resolve_shards",
@@ -46,20 +52,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_DATA_HOME = "xares_data"
-
-# Read at call time (not bound as default arguments) so tests and callers can
-# tune them by assigning to the module attribute.
-RETRIES = 5
-BACKOFF_BASE = 1.0  # seconds before the first retry; doubles each time
-BACKOFF_MAX = 60.0
-TIMEOUT = 60.0  # seconds of socket inactivity before a connection counts as dead
-CHUNK_SIZE = 1 << 20
+REPO_TYPE = "dataset"
 MAX_LISTED = 10
 
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_INT_RANGE = re.compile(r"^([+-]?\d+)\.\.([+-]?\d+)(?:\.\.([+-]?\d+))?$")
-_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.([+-]?\d+))?$")
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
@@ -70,11 +67,14 @@ class MissingShardError(FileNotFoundError):
     fixes the whole set in one go instead of discovering them one by one.
     """
 
-    def __init__(self, message: str, missing: Iterable[MissingShard] = ()) -> None:
+    def __init__(
+        self, message: str, missing: Iterable[MissingShard] = (), reason: str | None = None
+    ) -> None:
         # Only the message goes into args so the exception survives pickling
         # across DataLoader worker processes.
         super().__init__(message)
         self.missing = list(missing)
+        self.reason = reason
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -87,14 +87,26 @@ class MissingShardError(FileNotFoundError):
         download: bool = True,
         task: str | None = None,
         cache: Path | None = None,
+        reason: str | None = None,
     ) -> MissingShardError:
-        """The error for ``missing``; ``download=False`` explains why remote ones were not fetched."""
+        """The error for ``missing``; without ``reason``, why remote ones were not fetched."""
         missing = list(missing)
-        if not download:
-            reason = "downloading is disabled (download=False)"
-        else:
-            reason = "offline mode is on (offline=True, HF_HUB_OFFLINE=1 or XARES_OFFLINE=1)"
-        return cls(_missing_message(missing, reason, task, cache), missing)
+        if reason is None:
+            if not download:
+                reason = "downloading is disabled (download=False)"
+            else:
+                reason = "offline mode is on (offline=True, HF_HUB_OFFLINE=1 or XARES_OFFLINE=1)"
+        return cls(_missing_message(missing, reason, task, cache), missing, reason)
+
+    @classmethod
+    def merge(
+        cls, errors: Iterable[MissingShardError], *, download: bool = True, task: str | None = None
+    ) -> MissingShardError:
+        """One error for several datasets' errors, so a user sees everything at once."""
+        errors = list(errors)
+        missing = [item for error in errors for item in error.missing]
+        reason = next((error.reason for error in errors if error.reason), None)
+        return cls.build(missing, download=download, task=task, reason=reason)
 
 
 class DownloadError(OSError):
@@ -113,6 +125,10 @@ class RemoteNotFoundError(DownloadError, FileNotFoundError):
     """The server says the file does not exist (HTTP 404/410); retrying cannot help."""
 
 
+class _Unreachable(DownloadError):
+    """No usable answer from the server (no network, a wrong endpoint, an outage)."""
+
+
 @dataclass(frozen=True)
 class MissingShard:
     shard: str  # the expanded entry as the user wrote it
@@ -125,13 +141,16 @@ class _Remote:
     shard: str
     url: str
     dest: Path
+    repo_id: str | None = None  # None: a plain URL
+    filename: str = ""  # the path inside the repository
+    local_dir: Path | None = None  # the repository's folder in the cache
+    is_glob: bool = False  # filename is a pattern, listed from the hub when fetched
+
+    def as_missing(self) -> MissingShard:
+        return MissingShard(self.shard, str(self.dest), self.url)
 
 
 _Planned = Path | _Remote | MissingShard
-
-
-class _Retry(Exception):
-    """Internal: this attempt failed in a way another attempt may fix."""
 
 
 # --------------------------------------------------------------------------- patterns
@@ -140,81 +159,17 @@ class _Retry(Exception):
 def expand_pattern(pattern: str) -> list[str]:
     """Expand shell-style braces: ``{000..012}``, ``{1..4}``, ``{a,b}``, ``{0..10..2}``.
 
-    Follows bash: a numeric range is zero-padded to the width of the wider bound
-    as written when either bound has a leading zero; several groups expand as a
-    cartesian product with the leftmost group varying slowest; a group with
-    neither a comma nor a range (``{a}``) stays literal.
+    ``braceexpand`` follows bash (zero padding from the bounds as written, the
+    leftmost group varying slowest, ``{a}`` literal); an unbalanced brace is a
+    typo worth stopping for rather than a file name.
     """
-    start = 0
-    while True:
-        open_at = pattern.find("{", start)
-        if open_at < 0:
-            return [pattern]
-        close_at = _matching_brace(pattern, open_at)
-        if close_at < 0:
-            return [pattern]
-        choices = _expand_group(pattern[open_at + 1 : close_at])
-        if choices is None:
-            start = open_at + 1
-            continue
-        head = pattern[:open_at]
-        tails = expand_pattern(pattern[close_at + 1 :])
-        return [head + choice + tail for choice in choices for tail in tails]
-
-
-def _matching_brace(text: str, open_at: int) -> int:
-    depth = 0
-    for i in range(open_at, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
-
-
-def _split_top_level(body: str) -> list[str]:
-    parts, depth, last = [], 0, 0
-    for i, ch in enumerate(body):
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(body[last:i])
-            last = i + 1
-    parts.append(body[last:])
-    return parts
-
-
-def _expand_group(body: str) -> list[str] | None:
-    parts = _split_top_level(body)
-    if len(parts) > 1:
-        return [item for part in parts for item in expand_pattern(part)]
-    match = _INT_RANGE.match(body)
-    if match:
-        lo_text, hi_text, step_text = match.groups()
-        lo, hi = int(lo_text), int(hi_text)
-        step = abs(int(step_text)) if step_text else 1
-        step = step or 1
-        padded = any(_has_leading_zero(t) for t in (lo_text, hi_text))
-        width = max(len(lo_text), len(hi_text)) if padded else 0
-        values = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
-        return [f"{v:0{width}d}" for v in values]
-    match = _CHAR_RANGE.match(body)
-    if match:
-        lo, hi = ord(match.group(1)), ord(match.group(2))
-        step = abs(int(match.group(3))) if match.group(3) else 1
-        step = step or 1
-        values = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
-        return [chr(v) for v in values]
-    return None
-
-
-def _has_leading_zero(number: str) -> bool:
-    digits = number.lstrip("+-")
-    return len(digits) > 1 and digits.startswith("0")
+    try:
+        return list(braceexpand.braceexpand(pattern))
+    except braceexpand.UnbalancedBracesError as err:
+        raise ValueError(
+            f"shard pattern {pattern!r} has unbalanced braces; close every '{{' "
+            "(e.g. 'shard_{000..009}.tar') or drop it"
+        ) from err
 
 
 # --------------------------------------------------------------------------- locations
@@ -227,21 +182,25 @@ def data_home() -> Path:
 
 
 def hf_endpoint() -> str:
-    """The Hugging Face endpoint: ``$HF_ENDPOINT`` (a mirror) or the public hub."""
+    """The Hugging Face endpoint: ``$HF_ENDPOINT`` (a mirror) or the public hub.
+
+    Read at call time: ``huggingface_hub`` reads it once at import, which would
+    ignore a value set later in the process (a test, a notebook cell).
+    """
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def hub_url(repo_id: str, path: str) -> str:
     """Download URL of ``path`` in the dataset repository ``repo_id`` (branch ``main``)."""
-    quoted = urllib.parse.quote(path.lstrip("/"), safe="/")
-    return f"{hf_endpoint()}/datasets/{repo_id}/resolve/main/{quoted}"
+    return hf_hub_url(repo_id, path.lstrip("/"), repo_type=REPO_TYPE, endpoint=hf_endpoint())
 
 
 def _offline_from_env() -> bool:
-    return any(
+    from_env = any(
         os.environ.get(name, "").strip().lower() in _TRUTHY
         for name in ("HF_HUB_OFFLINE", "XARES_OFFLINE")
     )
+    return from_env or hf_constants.is_offline_mode()
 
 
 def _safe_parts(path: str, what: str) -> list[str]:
@@ -268,11 +227,6 @@ def _url_cache_path(url: str, cache: Path | None = None) -> Path:
     return dest.joinpath(*_safe_parts(raw_path, "URL path"))
 
 
-def _is_hub_url(url: str) -> bool:
-    endpoint = urllib.parse.urlsplit(hf_endpoint()).netloc.lower()
-    return urllib.parse.urlsplit(url).netloc.lower() == endpoint
-
-
 # --------------------------------------------------------------------------- resolve
 
 
@@ -293,15 +247,18 @@ def resolve_shards(
 
     * an ``http(s)://`` URL is cached under ``data_home()/urls/<host>/<path>``;
     * a relative path with ``repo_id`` is looked up in ``root`` (if given), then
-      in ``data_home()/<repo_id>/<path>``, and otherwise downloaded from the hub;
+      in ``data_home()/<repo_id>/<path>``, then in ``data_home()/<path>``, and
+      otherwise downloaded from the hub into ``data_home()/<repo_id>/<path>``; a
+      glob is answered from disk when it matches there, else listed on the hub;
     * anything else is a local path or glob, relative to ``root`` or the cwd.
 
     Returns absolute paths in pattern order without duplicates. Raises
     ``MissingShardError`` once, naming every shard that is absent and cannot be
-    fetched (``download=False``, or offline: ``HF_HUB_OFFLINE=1`` /
-    ``XARES_OFFLINE=1`` when ``offline`` is None). ``task`` only personalises
-    the fetch command printed in that error. ``cache_dir`` is the download cache
-    (a run passes its ``paths.data_dir``); ``None`` means ``data_home()``.
+    fetched (``download=False``, offline: ``HF_HUB_OFFLINE=1`` /
+    ``XARES_OFFLINE=1`` when ``offline`` is None, or a server that cannot be
+    reached). ``task`` only personalises the fetch command printed in that
+    error. ``cache_dir`` is the download cache (a run passes its
+    ``paths.data_dir``); ``None`` means ``data_home()``.
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -319,28 +276,27 @@ def resolve_shards(
                 if isinstance(item, MissingShard):
                     missing.append(item)
                 elif isinstance(item, _Remote) and not may_fetch:
-                    missing.append(MissingShard(item.shard, str(item.dest), item.url))
+                    missing.append(item.as_missing())
                 else:
                     planned.append(item)
 
     if missing:
         raise MissingShardError.build(missing, download=download, task=task, cache=cache)
 
-    remote = [item for item in planned if isinstance(item, _Remote)]
     result: list[str] = []
     seen: set[str] = set()
-    done = 0
-    for item in planned:
-        if isinstance(item, _Remote):
-            done += 1
-            label = f"[{done}/{len(remote)}] {item.dest.name}" if len(remote) > 1 else None
-            path = download_file(item.url, item.dest, progress=progress, desc=label)
-        else:
-            path = item
-        key = str(path)
-        if key not in seen:
-            seen.add(key)
-            result.append(key)
+    for index, item in enumerate(planned):
+        try:
+            paths = _fetch(item, progress) if isinstance(item, _Remote) else [item]
+        except _Unreachable as err:
+            # Every later shard would wait out the same retries; report them all now.
+            rest = [r.as_missing() for r in planned[index:] if isinstance(r, _Remote)]
+            raise MissingShardError.build(rest, task=task, cache=cache, reason=str(err)) from err
+        for path in paths:
+            key = str(path)
+            if key not in seen:
+                seen.add(key)
+                result.append(key)
     return result
 
 
@@ -366,24 +322,33 @@ def _plan(shard: str, repo_id: str | None, base: Path | None, cache: Path) -> li
 
 def _plan_hub(shard: str, repo_id: str, base: Path | None, cache: Path) -> list[_Planned]:
     parts = _safe_parts(shard, "repository path")
+    filename = "/".join(parts)
+    # Downloads go to <cache>/<repo_id>/<path>, the layout of
+    # `hf download <repo_id> --repo-type dataset --local-dir <cache>/<repo_id>`: the two
+    # challenge repositories stay apart, paths stay readable, and caches from
+    # earlier versions stay valid. <cache>/<path> (a manual `--local-dir <cache>`)
+    # is read too, so either way of fetching by hand works.
     repo_dir = cache.joinpath(*_safe_parts(repo_id, "repo_id"))
-    cached = repo_dir.joinpath(*parts)
-    if _GLOB_CHARS.search(shard):
-        # The hub resolve endpoint serves single files, so a glob can only be
-        # answered from what is already on disk.
-        for where in ([base] if base is not None else []) + [repo_dir]:
-            matches = sorted(glob.glob(str(where.joinpath(*parts)), recursive=True))
-            files = [Path(os.path.abspath(m)) for m in matches if os.path.isfile(m)]
+    places = ([base] if base is not None else []) + [repo_dir, cache]
+    remote = _Remote(
+        shard,
+        hub_url(repo_id, filename),
+        repo_dir.joinpath(*parts),
+        repo_id=repo_id,
+        filename=filename,
+        local_dir=repo_dir,
+        is_glob=bool(_GLOB_CHARS.search(shard)),
+    )
+    for where in places:
+        candidate = Path(os.path.abspath(where.joinpath(*parts)))
+        if remote.is_glob:
+            matches = sorted(glob.glob(str(candidate), recursive=True))
+            files = [Path(m) for m in matches if os.path.isfile(m)]
             if files:
                 return list(files)
-        return [MissingShard(shard, str(cached), None)]
-    if base is not None:
-        local = Path(os.path.abspath(base.joinpath(*parts)))
-        if local.is_file():
-            return [local]
-    if cached.is_file():
-        return [cached]
-    return [_Remote(shard, hub_url(repo_id, "/".join(parts)), cached)]
+        elif candidate.is_file():
+            return [candidate]
+    return [remote]
 
 
 def _missing_message(
@@ -419,211 +384,170 @@ def _missing_message(
 # --------------------------------------------------------------------------- download
 
 
-def download_file(
-    url: str,
-    dest: str | Path,
-    *,
-    progress: bool = True,
-    retries: int | None = None,
-    backoff: float | None = None,
-    desc: str | None = None,
-) -> Path:
-    """Download ``url`` to ``dest`` atomically; return ``dest``.
+class _QuietTqdm(tqdm):
+    """A bar that never draws, for ``progress=False`` (huggingface_hub takes a class)."""
 
-    The body streams into a ``.part`` file that is renamed onto ``dest`` only
-    once its size matches the server's, so ``dest`` never exists half-written.
-    Dropped connections and short bodies are retried with exponential backoff,
-    resuming from the partial file with an HTTP Range request.
-    """
-    dest = Path(dest)
-    if dest.is_file():
-        return dest
-    retries = RETRIES if retries is None else retries
-    backoff = BACKOFF_BASE if backoff is None else backoff
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _claim(dest) as part:
-        if dest.is_file():  # another process finished it while we waited
-            return dest
-        attempt = 0
-        while True:
-            try:
-                size = _fetch_once(url, part, progress=progress, desc=desc or dest.name)
-                break
-            except DownloadError:
-                raise
-            except (_Retry, OSError, http.client.HTTPException) as err:
-                attempt += 1
-                if attempt > retries:
-                    raise DownloadError(
-                        f"could not download {url} after {attempt} attempt(s): {err}. "
-                        f"The partial data is kept in {part} and the next try resumes from it.",
-                        url,
-                    ) from err
-                delay = min(BACKOFF_MAX, backoff * 2 ** (attempt - 1))
-                log.warning(
-                    "download of %s failed (%s); retry %d/%d in %.1fs",
-                    url,
-                    err,
-                    attempt,
-                    retries,
-                    delay,
-                )
-                time.sleep(delay)
-        os.replace(part, dest)
-    log.info("downloaded %s (%s) to %s", url, format_bytes(size), dest)
-    return dest
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _fetch(item: _Remote, progress: bool) -> list[Path]:
+    if item.repo_id is None:
+        return [download_file(item.url, item.dest, progress=progress)]
+    names = _list_hub(item) if item.is_glob else [item.filename]
+    tqdm_class = None if progress else _QuietTqdm
+    paths = []
+    for name in names:
+        dest = item.local_dir.joinpath(*name.split("/"))
+        with _claim(dest):
+            if not dest.is_file():  # another process may have finished it while we waited
+                with _hub_errors(item, name):
+                    hf_hub_download(
+                        item.repo_id,
+                        name,
+                        repo_type=REPO_TYPE,
+                        local_dir=item.local_dir,
+                        endpoint=hf_endpoint(),
+                        tqdm_class=tqdm_class,
+                    )
+                log.info("downloaded %s from %s", name, item.repo_id)
+        paths.append(dest)
+    return paths
+
+
+def _list_hub(item: _Remote) -> list[str]:
+    """The repository files ``item``'s glob matches, sorted like a glob on disk."""
+    # Listing only the folder above the first wildcard keeps it to one page for
+    # the challenge repos, which hold thousands of shards.
+    fixed = item.filename[: _GLOB_CHARS.search(item.filename).start()]
+    folder = fixed.rsplit("/", 1)[0] if "/" in fixed else None
+    with _hub_errors(item, item.filename):
+        entries = HfApi(endpoint=hf_endpoint()).list_repo_tree(
+            item.repo_id, path_in_repo=folder, recursive=True, repo_type=REPO_TYPE
+        )
+        names = [entry.path for entry in entries if hasattr(entry, "size")]
+    matches = sorted(filter_repo_objects(names, allow_patterns=[item.filename]))
+    if not matches:
+        raise RemoteNotFoundError(
+            f"no file in the dataset repository {item.repo_id} at {hf_endpoint()} matches "
+            f"{item.filename!r}. Check the pattern and repo_id.",
+            item.url,
+            404,
+        )
+    return matches
 
 
 @contextlib.contextmanager
-def _claim(dest: Path) -> Iterator[Path]:
-    """Own the right to write ``dest``; yield the partial-file path to use.
-
-    With ``fcntl``, an exclusive lock on ``<dest>.lock`` serialises writers, so
-    the partial file can have a fixed name: a download killed by Ctrl-C or a
-    job limit resumes from it on the next run, and a second process (another
-    DDP rank, a parallel prefetch) waits and then finds the finished file
-    instead of fetching the same bytes again. The lock file is removed only
-    once ``dest`` exists: a process still holding the old (unlinked) lock or
-    creating a fresh one then re-checks ``dest`` under its lock and stops, so
-    two writers can never share the partial file. Without ``fcntl`` a
-    per-process partial name still keeps concurrent writers from corrupting
-    each other; they just cannot share or resume the work.
-    """
-    if fcntl is None:  # pragma: no cover - Windows
-        yield dest.with_name(f"{dest.name}.{os.getpid()}.part")
-        return
-    lock_path = dest.with_name(dest.name + ".lock")
-    with open(lock_path, "a+b") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process to finish downloading %s", dest)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield dest.with_name(dest.name + ".part")
-            if dest.is_file():
-                lock_path.unlink(missing_ok=True)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _fetch_once(url: str, part: Path, *, progress: bool, desc: str) -> int:
-    """One HTTP attempt, appending to ``part`` when the server honours Range."""
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "xares-shards/1"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    token = os.environ.get("HF_TOKEN")
-    if token and _is_hub_url(url):
-        # Unredirected: the hub redirects large files to a CDN with signed URLs,
-        # which must not receive the token (and reject a second auth method).
-        request.add_unredirected_header("Authorization", f"Bearer {token}")
-
+def _hub_errors(item: _Remote, name: str) -> Iterator[None]:
+    """huggingface_hub's errors, restated with the shard, the repo and what to change."""
+    where = f"the dataset repository {item.repo_id} at {hf_endpoint()}"
+    url = hub_url(item.repo_id, name)
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT)
-    except urllib.error.HTTPError as err:
-        err.close()
-        _raise_for_status(url, err.code, part, offset)
-        raise  # unreachable: _raise_for_status always raises
-
-    with response:
-        total: int | None
-        if response.status == 206 and offset:
-            start, total = _parse_content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                part.unlink(missing_ok=True)
-                raise _Retry(f"server resumed at byte {start}, expected {offset}")
-            mode = "ab"
-        else:
-            # 200 to a Range request: the server sends the whole file again.
-            offset, mode = 0, "wb"
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-
-        received = offset
-        with open(part, mode) as out, _progress_bar(total, offset, desc, progress) as bar:
-            while True:
-                chunk = response.read(CHUNK_SIZE)
-                if not chunk:
-                    break
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-            out.flush()
-            # The rename below is only a promise of completeness if the bytes
-            # reached the disk before it.
-            os.fsync(out.fileno())
-
-    if total is not None and received != total:
-        if received > total:
-            part.unlink(missing_ok=True)  # inconsistent; resuming would keep garbage
-        raise _Retry(f"connection ended after {received} of {total} bytes")
-    return received
-
-
-def _raise_for_status(url: str, status: int, part: Path, offset: int) -> None:
-    if status in (404, 410):
+        yield
+    except (hf_errors.RemoteEntryNotFoundError, hf_errors.RevisionNotFoundError) as err:
         raise RemoteNotFoundError(
-            f"{url} does not exist (HTTP {status}). Check the shard name and repo_id, "
-            f"and HF_ENDPOINT (now {hf_endpoint()}).",
+            f"{name} does not exist in {where} (HTTP 404). Check the shard name and repo_id, "
+            "and HF_ENDPOINT.",
+            url,
+            404,
+        ) from err
+    except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as err:
+        raise DownloadError(
+            f"{where} does not exist or refuses access ({err.response.status_code}). Check "
+            "repo_id; for a gated or private repository set HF_TOKEN to a token that has access.",
+            url,
+            err.response.status_code,
+        ) from err
+    except hf_errors.LocalEntryNotFoundError as err:
+        # What huggingface_hub raises once its retries of the metadata request failed.
+        raise _Unreachable(
+            f"no usable answer from {hf_endpoint()}: {err.__cause__ or err}"
+        ) from err
+    except hf_errors.HfHubHTTPError as err:
+        raise _status_error(url, err) from err
+    except hf_errors.HTTPError as err:  # transport errors: refused, reset, timed out
+        raise _Unreachable(f"no usable answer from {hf_endpoint()}: {err}") from err
+
+
+def _status_error(url: str, err: hf_errors.HfHubHTTPError) -> DownloadError:
+    status = err.response.status_code if err.response is not None else None
+    if status in (404, 410):
+        return RemoteNotFoundError(
+            f"{url} does not exist (HTTP {status}). Check the shard name (and repo_id and "
+            f"HF_ENDPOINT, now {hf_endpoint()}, for a hub path).",
             url,
             status,
         )
     if status in (401, 403):
-        raise DownloadError(
+        return DownloadError(
             f"access to {url} was refused (HTTP {status}). For a gated or private "
             "repository set HF_TOKEN to a token that has access.",
             url,
             status,
         )
-    if status == 416 and offset:
-        part.unlink(missing_ok=True)  # our partial file no longer fits the remote one
-        raise _Retry("server rejected the resume range; restarting")
-    if status in (408, 425, 429) or status >= 500:
-        raise _Retry(f"HTTP {status}")
-    raise DownloadError(f"downloading {url} failed with HTTP {status}", url, status)
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int | None]:
-    match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
-    if not match:
-        raise _Retry(f"unusable Content-Range header {value!r}")
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NullBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress is a nicety; never fail a download over it
-        return _NullBar()
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        leave=False,
+    return DownloadError(
+        f"downloading {url} failed with HTTP {status}; the server may be "
+        "down or overloaded: run again later, or set HF_ENDPOINT to a mirror.",
+        url,
+        status,
     )
 
 
-def format_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"  # pragma: no cover
+def download_file(url: str, dest: str | Path, *, progress: bool = True) -> Path:
+    """Download the plain URL ``url`` to ``dest`` atomically, once; return ``dest``.
+
+    ``huggingface_hub``'s ``http_get`` streams the body, retrying and resuming
+    with a Range request after a dropped connection; it writes to a temporary
+    file in the same folder that is renamed onto ``dest`` only once complete,
+    so ``dest`` never exists half-written. No token is sent: that is only for
+    the hub.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _claim(dest):
+        if dest.is_file():  # another process finished it while we waited
+            return dest
+        with tempfile.NamedTemporaryFile(
+            dir=dest.parent, prefix=f".{dest.name}.", suffix=".incomplete", delete=False
+        ) as tmp:
+            try:
+                try:
+                    http_get(
+                        url,
+                        tmp,
+                        displayed_filename=dest.name,
+                        tqdm_class=None if progress else _QuietTqdm,
+                    )
+                except hf_errors.HfHubHTTPError as err:
+                    raise _status_error(url, err) from err
+                except hf_errors.HTTPError as err:
+                    raise _Unreachable(f"no usable answer from {url}: {err}", url) from err
+                except OSError as err:  # http_get's size check after a short body
+                    raise DownloadError(f"could not download {url}: {err}", url) from err
+                tmp.flush()
+                # The rename below only promises completeness if the bytes reached the disk.
+                os.fsync(tmp.fileno())
+            except BaseException:
+                tmp.close()
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, dest)
+    log.info("downloaded %s to %s", url, dest)
+    return dest
+
+
+@contextlib.contextmanager
+def _claim(dest: Path) -> Iterator[None]:
+    """Hold the right to write ``dest``.
+
+    A second process (another DDP rank, a parallel prefetch) waits here and then
+    finds the finished file instead of fetching the same bytes again. The lock
+    file is hidden next to ``dest`` and left there: removing it while another
+    process waits on it would let a third one take a fresh lock at once.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.with_name(f".{dest.name}.lock")):
+        yield

@@ -286,7 +286,7 @@ def resolve_checkpoint(checkpoint: str, cache_dir: str | Path | None = None) -> 
 
         name = Path(urllib.parse.urlparse(checkpoint).path).name or "checkpoint.pt"
         cache = Path(cache_dir) if cache_dir else data_home() / "models"
-        return download_file(checkpoint, cache / name, desc=name)
+        return download_file(checkpoint, cache / name)
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
