@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import soundfile
+
+from xares.data.tar_shards import shard_writer
 
 PITCHES = {"low": 220.0, "mid": 440.0, "high": 880.0, "top": 1760.0}
 VERSION = 1
@@ -36,16 +36,13 @@ def _clip(names: list[str], rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_shard(path: Path, samples: list[tuple[str, np.ndarray, dict]]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with shard_writer(path) as shard:
         for key, wave, meta in samples:
             buffer = io.BytesIO()
             soundfile.write(buffer, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-            for suffix, data in (("flac", buffer.getvalue()), ("json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, path)
+            shard.write(
+                {"__key__": key, "flac": buffer.getvalue(), "json": json.dumps(meta).encode()}
+            )
 
 
 def ensure_smoke_suite(root: str | Path, seed: int = 0, train: int = 64, test: int = 16) -> Path:

@@ -10,17 +10,18 @@ version, seed and sizes; a matching manifest makes the call a no-op.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sys
-import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
+from ..tar_shards import shard_writer
 from . import recipes
 from .recipes import GENERATOR_VERSION, SPLITS, TASKS, balanced_labels
 from .speech import SAMPLE_RATE
@@ -62,16 +63,6 @@ def resolve_sizes(size: str | Mapping[str, Any]) -> dict[str, dict[str, int]]:
 
 def _render_job(job):
     return recipes.render_sample(*job)
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata so the same seed gives byte-identical shards.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 1_700_000_000
-    info.mode = 0o644
-    info.uname = info.gname = "xares"
-    tar.addfile(info, io.BytesIO(data))
 
 
 @dataclass
@@ -141,25 +132,16 @@ def _write_shards(plans: list[_ShardPlan], workers: int, progress: bool) -> None
         disable=not progress,
         mininterval=0.1 if interactive else 15.0,
     )
-    tmp: Path | None = None
     try:
         for plan in plans:
-            plan.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = plan.path.with_name(plan.path.name + f".tmp{os.getpid()}")
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            with shard_writer(plan.path) as shard:
                 for _ in plan.jobs:
                     key, flac, meta = next(results)
-                    _add_member(tar, f"{key}.flac", flac)
-                    _add_member(tar, f"{key}.json", meta)
+                    shard.write({"__key__": key, "flac": flac, "json": meta})
                     bar.update(1)
-            # The shard only appears under its final name once complete.
-            os.replace(tmp, plan.path)
-            tmp = None
     finally:
         bar.close()
         results.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -184,23 +166,6 @@ def _is_current(root: Path, seed: int, sizes: dict[str, dict[str, int]]) -> bool
         return False
     shards = [s for task in manifest.get("tasks", {}).values() for s in task.get("shards", [])]
     return all((root / s).is_file() for s in shards)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Several processes (e.g. DDP ranks) may prepare the suite at once: one
-    # generates, the others wait and then find the manifest current.
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _clear(root: Path) -> None:
@@ -237,7 +202,9 @@ def ensure_mini_suite(
     if _is_current(root, seed, sizes):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock"):
+    # Several processes (e.g. DDP ranks) may prepare the suite at once: one
+    # generates, the others wait and then find the manifest current.
+    with FileLock(root / ".lock"):
         if _is_current(root, seed, sizes):
             return root
         with contextlib.suppress(FileNotFoundError):
