@@ -141,12 +141,15 @@ class HubServer:
     def _serve_tree(self, h, tree: re.Match) -> None:
         prefix = f"/datasets/{tree['repo']}/resolve/{tree['rev']}/"
         folder = (tree["folder"] or "").strip("/")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)
+        recursive = query.get("recursive", ["false"])[0].lower() == "true"
         entries = [
             {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
             for key, data in sorted(self.files.items())
             if key.startswith(prefix)
             for name in [key[len(prefix) :]]
             if not folder or name.startswith(folder + "/")
+            if recursive or "/" not in name[len(folder) + 1 if folder else 0 :]
         ]
         body = json.dumps(entries).encode()
         self._reply(h, 200, {"Content-Type": "application/json"}, body)
@@ -310,11 +313,12 @@ def test_hub_layout_of_a_manual_download_is_read_in_place(server, monkeypatch):
 
 def test_hub_glob_is_listed_then_read_from_disk(server, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    for name in ("s_2.tar", "s_10.tar", "s_1.tar", "notes.txt"):
+    for name in ("s_2.tar", "s_10.tar", "s_1.tar", "notes.txt", "s_4/deeper.tar"):
         server.files[resolve_path(f"Set/train/{name}")] = name.encode()
     server.files[resolve_path("Other/train/s_3.tar")] = b"elsewhere"
 
     got = resolve_shards("Set/train/s_*.tar", REPO, progress=False)
+    # as a glob on disk: '*' stays inside its folder
     assert [Path(p).name for p in got] == ["s_1.tar", "s_10.tar", "s_2.tar"]
     assert [Path(p).read_bytes() for p in got] == [b"s_1.tar", b"s_10.tar", b"s_2.tar"]
     assert [p for m, p, _ in server.requests if p.startswith("/api/")] == [

@@ -33,6 +33,7 @@ from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import http_get
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 from tqdm.auto import tqdm
 
@@ -422,11 +423,14 @@ def _list_hub(item: _Remote) -> list[str]:
     # the challenge repos, which hold thousands of shards.
     fixed = item.filename[: _GLOB_CHARS.search(item.filename).start()]
     folder = fixed.rsplit("/", 1)[0] if "/" in fixed else None
+    # fnmatch's '*' also crosses '/'; listing one level when the pattern has none
+    # below the folder keeps the match to what a glob on disk would give.
+    below = item.filename[len(folder) + 1 :] if folder else item.filename
     with _hub_errors(item, item.filename):
         entries = HfApi(endpoint=hf_endpoint()).list_repo_tree(
-            item.repo_id, path_in_repo=folder, recursive=True, repo_type=REPO_TYPE
+            item.repo_id, path_in_repo=folder, recursive="/" in below, repo_type=REPO_TYPE
         )
-        names = [entry.path for entry in entries if hasattr(entry, "size")]
+        names = [entry.path for entry in entries if isinstance(entry, RepoFile)]
     matches = sorted(filter_repo_objects(names, allow_patterns=[item.filename]))
     if not matches:
         raise RemoteNotFoundError(
