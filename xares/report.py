@@ -226,13 +226,45 @@ def _json_safe(value: Any) -> Any:
 
 
 def load_run_scores(run_dir: str | Path) -> dict[str, Any]:
-    """The ``scores.json`` of a run directory, with its encoder and task taken from the run name."""
+    """The ``scores.json`` of a run directory, with ``encoder``, ``task_name`` and ``run_dir``.
+
+    Encoder and task come from the file's ``run`` block. A file written before that block
+    existed falls back to the run name (``<encoder>__<task>``), and ``from_folder`` says so.
+    """
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "scores.json").read_text())
-    name = summary.get("run_name") or run_dir.parent.name
-    encoder, _, task = name.partition("__")
+    info = summary.get("run")
+    if info:
+        encoder, task = info["encoder"], info.get("task") or ""
+    else:
+        name = summary.get("run_name") or run_dir.parent.name
+        encoder, _, task = name.partition("__")
     summary["encoder"], summary["task_name"], summary["run_dir"] = encoder, task, str(run_dir)
+    summary["from_folder"] = not info
     return summary
+
+
+def track_means(tasks: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The weighted mean of each track's scored test sets (also when there is only one track)."""
+    tracks: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        if t.get("track"):
+            score = float("nan") if t.get("score") is None else float(t["score"])
+            tracks.setdefault(t["track"], []).append({"score": score, "weight": t["weight"]})
+    return {name: weighted_mean(rs) for name, rs in tracks.items()}
+
+
+def score_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Every ``scores.json`` in the given run directories or anywhere below the given folders."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        found = (
+            [path / "scores.json"]
+            if (path / "scores.json").is_file()
+            else sorted(path.rglob("scores.json"))
+        )
+        files += [f for f in found if f not in files]
+    return files
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None) -> str:
@@ -279,13 +311,7 @@ def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None
 
 def leaderboard(paths: Sequence[str | Path]) -> str:
     """One table per task: every run found under ``paths``, best overall score first."""
-    files = []
-    for path in map(Path, paths):
-        files += (
-            [path / "scores.json"]
-            if (path / "scores.json").is_file()
-            else sorted(path.rglob("scores.json"))
-        )
+    files = score_files(paths)
     if not files:
         return f"no scores.json under {', '.join(map(str, paths))}"
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -297,18 +323,38 @@ def leaderboard(paths: Sequence[str | Path]) -> str:
     for runs in groups.values():
         runs.sort(key=lambda r: -(r["overall"] if r["overall"] is not None else -1.0))
         for run in runs:
-            run["encoder"] = f"{run['encoder']} ({Path(run['run_dir']).name})"
+            seed = (run.get("run") or {}).get("seed")
+            where = Path(run["run_dir"]).name + (f", seed {seed}" if seed is not None else "")
+            if run["from_folder"]:
+                where += ", name from folder"
+            run["encoder"] = f"{run['encoder']} ({where})"
         tables.append(f"task: {runs[0]['task_name']}  ({len(runs)} runs)\n" + compare_table(runs))
     return "\n\n".join(tables)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
+    import logging
 
-    parser = argparse.ArgumentParser(description="Leaderboard of the runs under the given folders.")
+    from xares import leaderboard as board
+
+    parser = argparse.ArgumentParser(
+        description="Leaderboard of the runs under the given folders: a table printed, and "
+        "leaderboard.md, leaderboard.html and PNG plots written to --out."
+    )
     parser.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders")
+    parser.add_argument(
+        "--out", default=None, help="folder for the leaderboard files (default: outputs/report)"
+    )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(leaderboard(args.paths))
+    runs = board.collect(args.paths)
+    if not runs:
+        return 1
+    out = Path(args.out or "outputs/report")
+    written = board.write(runs, out, sources=", ".join(map(str, args.paths)))
+    print(f"\nwrote {', '.join(sorted(written))} to {out}/")
     return 0
 
 
