@@ -77,5 +77,7 @@ def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
     run.summary["partial"] = summary["partial"]
     info = summary.get("run")
     if info:
-        run.tags = tuple(dict.fromkeys([*(run.tags or ()), info["encoder"]]))
+        # W&B refuses tags over 64 characters: a custom encoder's path is tagged by its file.
+        tag = info["encoder"] if len(info["encoder"]) <= 64 else Path(info["encoder"]).name[-64:]
+        run.tags = tuple(dict.fromkeys([*(run.tags or ()), tag]))
         run.config.update({"xares_run": info}, allow_val_change=True)
