@@ -272,7 +272,8 @@ def build(
             Column(f"task:{n}", n.removeprefix("eval_"), track, "task", tasks[n][1]["metric"])
             for n in names
         ]
-        columns.append(Column(f"track:{track}", f"{track} mean", track, "track"))
+        if len(order) > 1:  # one track's mean is the overall
+            columns.append(Column(f"track:{track}", f"{track} mean", track, "track"))
     columns.append(Column("overall", "overall", "", "overall"))
     all_tasks = [n for names in track_tasks.values() for n in names]
 

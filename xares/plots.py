@@ -19,6 +19,7 @@ REASONS = {
     "training time in its scores.json (runs from before the Efficiency callback, or with "
     "callbacks.efficiency=null)",
 }
+TIME_UNITS = (("hours", 3600.0), ("minutes", 60.0), ("seconds", 1.0))
 # Wide enough for 15 test sets of a track, small enough to read without zooming.
 MAX_WIDTH_IN = 22.0
 
@@ -85,7 +86,7 @@ def scores_by_task(board: Leaderboard, path: Path) -> Path | None:
         ax.set_xlim(-0.6, len(columns) - 0.4)
         ax.set_ylim(0, 1)
         ax.set_ylabel("score")
-        ax.set_title(f"track {track}", loc="left", fontweight="bold")
+        ax.set_title(track, loc="left", fontweight="bold")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -123,10 +124,16 @@ def _chance_ticks(ax, chance: Row | None, columns: list[Column]) -> None:
 
 def score_vs_cost(board: Leaderboard, path: Path) -> Path | None:
     """Overall score against encoder parameters and against training time, where known."""
-    # Parameters span orders of magnitude (log axis, 20M not 2e7); hours read better than s.
+    # Parameters span orders of magnitude (log axis, 20M not 2e7); time in a unit that reads.
+    longest = max((r.train_seconds or 0.0) for r in board.rows) if board.rows else 0.0
+    unit, per_unit = next((u, s) for u, s in TIME_UNITS if longest >= 2 * s or s == 1)
     axes_spec = [
         ("log", "encoder parameters", lambda r: r.parameters),
-        ("linear", "training time (hours)", lambda r: r.train_seconds and r.train_seconds / 3600),
+        (
+            "linear",
+            f"training time ({unit})",
+            lambda r: r.train_seconds and r.train_seconds / per_unit,
+        ),
     ]
     panels = [
         (name, label, get)
@@ -139,7 +146,7 @@ def score_vs_cost(board: Leaderboard, path: Path) -> Path | None:
     fig = Figure(figsize=(6.5 * len(panels), 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = _colours(len(board.rows))
-    for ax, (scale, label, get) in zip(axes, panels):
+    for ax, (xscale, label, get) in zip(axes, panels):
         for colour, row in zip(colours, board.rows):
             x, cell = get(row), row.cells.get("overall")
             if not x or cell is None:
@@ -150,8 +157,8 @@ def score_vs_cost(board: Leaderboard, path: Path) -> Path | None:
             ax.annotate(
                 row.label, (x, cell.mean), textcoords="offset points", xytext=(6, 4), fontsize=9
             )
-        ax.set_xscale(scale)
-        if scale == "log":
+        ax.set_xscale(xscale)
+        if xscale == "log":
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(EngFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
