@@ -143,10 +143,11 @@ def test_report_writes_markdown_html_and_plots(sweep, tmp_path, capsys):
     mean, spread = sum(esc) / 3, (sum((s - sum(esc) / 3) ** 2 for s in esc) / 2) ** 0.5
 
     md = (out / "leaderboard.md").read_text()
-    dasheng_line = next(line for line in md.splitlines() if line.startswith("| dasheng |"))
-    # Three seeds as mean ± sample std with n, the cell linking to the first seed's run.
+    # Three seeds: n in the seeds column, each cell the mean ± sample std, linking to the
+    # first seed's run.
+    dasheng_line = next(line for line in md.splitlines() if line.startswith("| dasheng | 3 |"))
     first = Path(dasheng_runs[0]["run_dir"]).relative_to(tmp_path)
-    assert f"({Path('..') / first}) ± {spread:.3f} (n=3)" in dasheng_line
+    assert f"({Path('..') / first}) ± {spread:.3f} |" in dasheng_line
     assert f"{mean:.3f}" in dasheng_line
     header = md.splitlines()[4]
     assert "task1: esc-50" in header and "task2: clotho" in header and "task1 mean" in header
