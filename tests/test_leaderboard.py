@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from xares import report
-from xares.leaderboard import build, collect, published_baselines
+from xares.leaderboard import build, published_baselines
+from xares.report import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "conf" / "task"

@@ -12,7 +12,8 @@ from test_efficiency import ENCODER
 import xares.train
 from xares import run_info
 from xares.evaluate import evaluate
-from xares.leaderboard import build, collect
+from xares.leaderboard import build
+from xares.report import collect
 from xares.train import train
 
 

@@ -23,9 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
-
-from xares.report import load_run_scores, score_files, weighted_mean
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 BASELINES = ASSETS / "published_baselines.yaml"
@@ -123,6 +122,15 @@ class Leaderboard:
         return cell is not None and best is not None and math.isclose(cell.mean, best)
 
 
+def _weighted_mean(items: Iterable[Mapping[str, Any]]) -> float:
+    """The mean of ``score`` weighted by ``weight`` (items are scored test sets or cells)."""
+    items = list(items)
+    weights = [float(i["weight"]) for i in items]
+    if not items or sum(weights) <= 0:
+        return float("nan")
+    return float(np.average([float(i["score"]) for i in items], weights=weights))
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None
@@ -187,7 +195,7 @@ def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
                 if t["task"] in tasks and _number(t.get("score")) is not None
             ]
             if scored:
-                values.append(weighted_mean(scored))
+                values.append(_weighted_mean(scored))
         return Cell(values, [r["run_dir"] for r in config.runs]) if values else None
     cells = []
     for config in holders:
@@ -196,7 +204,7 @@ def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
             if pairs:
                 mean = statistics.fmean(s for s, _ in pairs)
                 cells.append({"score": mean, "weight": config.tasks[task]["weight"]})
-    return Cell([weighted_mean(cells)], combined=True) if cells else None
+    return Cell([_weighted_mean(cells)], combined=True) if cells else None
 
 
 def _cost(members: list[Configuration]) -> dict[str, Any]:
@@ -343,13 +351,13 @@ def build(
                 {"score": chance_cells[f"task:{n}"].mean, "weight": tasks[n][1]["weight"]}
                 for n in names
             ]
-            chance_cells[f"track:{track}"] = Cell([weighted_mean(known)])
+            chance_cells[f"track:{track}"] = Cell([_weighted_mean(known)])
     if all(f"task:{n}" in chance_cells for n in all_tasks):
         known = [
             {"score": chance_cells[f"task:{n}"].mean, "weight": tasks[n][1]["weight"]}
             for n in all_tasks
         ]
-        chance_cells["overall"] = Cell([weighted_mean(known)])
+        chance_cells["overall"] = Cell([_weighted_mean(known)])
     chance = Row("chance", "chance", chance_cells) if chance_cells else None
 
     best = {}
@@ -358,10 +366,6 @@ def build(
         if values:
             best[column.key] = max(values)
     return Leaderboard(columns, rows, references, chance, best, baselines.get("source", ""))
-
-
-def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    return [load_run_scores(file.parent) for file in score_files(paths)]
 
 
 def _fmt(value: float | None) -> str:
@@ -431,57 +435,44 @@ def _markdown_cell(cell: Mapping[str, Any]) -> str:
     return text
 
 
-PLOTS = (
-    (
-        "scores_by_task.png",
-        "Scores per test set, one panel per track (hatched: published "
-        "baselines; error bars: ± spread over seeds; dashed: chance).",
-    ),
-    (
-        "score_vs_cost.png",
-        "Overall score against the encoder's parameters and the training "
-        "time, from the efficiency block of scores.json.",
-    ),
-)
-
-
-def write(runs: Sequence[dict[str, Any]], out: str | Path, sources: str = "") -> dict[str, Path]:
-    """``leaderboard.md``, ``leaderboard.html`` (self-contained: CSS inline, plots embedded)
-    and the PNG plots, into ``out``; returns what was written, by file name."""
+def write(
+    board: Leaderboard,
+    out: Path,
+    plots: Sequence[tuple[Path, str]] = (),
+    skipped: Sequence[str] = (),
+    runs: int = 0,
+    sources: str = "",
+) -> dict[str, Path]:
+    """``leaderboard.md`` and ``leaderboard.html`` into ``out``; the HTML is self-contained
+    (CSS inline, the ``plots`` embedded as data URIs), the markdown refers to the PNG files.
+    ``skipped`` says which plots are missing and why."""
     import base64
     from datetime import datetime, timezone
 
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-    from xares import plots
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    board = build(runs)
-    written: dict[str, Path] = {}
-    shown, skipped = [], []
-    for (name, caption), draw in zip(PLOTS, (plots.scores_by_task, plots.score_vs_cost)):
-        path = draw(board, out / name)
-        if path is None:
-            skipped.append(f"{name} not written: {plots.REASONS[draw.__name__]}.")
-            continue
-        written[name] = path
-        data = base64.b64encode(path.read_bytes()).decode()
-        shown.append({"file": name, "src": f"data:image/png;base64,{data}", "caption": caption})
-
+    shown = [
+        {
+            "file": path.name,
+            "src": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode(),
+            "caption": caption,
+        }
+        for path, caption in plots
+    ]
     context = render_context(board, out)
     columns = board.columns
     context.update(
-        runs=len(runs),
+        runs=runs,
         sources=sources or "the given folders",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         plots=shown,
-        skipped=skipped,
+        skipped=list(skipped),
         first_of_track=[
             c.kind == "overall" or i == 0 or columns[i - 1].track != c.track
             for i, c in enumerate(columns)
         ],
     )
+    written = {}
     for name in ("leaderboard.md", "leaderboard.html"):
         html = name.endswith(".html")
         # Markdown is line-oriented: its template keeps every newline it writes.

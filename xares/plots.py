@@ -168,3 +168,19 @@ def score_vs_cost(board: Leaderboard, path: Path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("score versus cost", fontweight="bold")
     return _save(fig, path)
+
+
+PLOTS = (
+    (
+        "scores_by_task.png",
+        scores_by_task,
+        "Scores per test set, one panel per track (hatched: published baselines; error bars: "
+        "± spread over seeds; dashed: chance).",
+    ),
+    (
+        "score_vs_cost.png",
+        score_vs_cost,
+        "Overall score against the encoder's parameters and the training time, from the "
+        "efficiency block of scores.json.",
+    ),
+)

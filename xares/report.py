@@ -332,29 +332,50 @@ def leaderboard(paths: Sequence[str | Path]) -> str:
     return "\n\n".join(tables)
 
 
+def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every run below ``paths``, as :func:`load_run_scores` reads it."""
+    return [load_run_scores(file.parent) for file in score_files(paths)]
+
+
+def write_leaderboard(
+    runs: Sequence[dict[str, Any]], out: str | Path, sources: str = ""
+) -> dict[str, Path]:
+    """The leaderboard files of ``runs`` in ``out``: markdown, HTML and the PNG plots."""
+    from xares import leaderboard, plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    board = leaderboard.build(runs)
+    written, shown, skipped = {}, [], []
+    for name, draw, caption in plots.PLOTS:
+        path = draw(board, out / name)
+        if path is None:
+            skipped.append(f"{name} not written: {plots.REASONS[draw.__name__]}.")
+        else:
+            written[name] = path
+            shown.append((path, caption))
+    written |= leaderboard.write(board, out, shown, skipped, runs=len(runs), sources=sources)
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import logging
-
-    from xares import leaderboard as board
 
     parser = argparse.ArgumentParser(
         description="Leaderboard of the runs under the given folders: a table printed, and "
         "leaderboard.md, leaderboard.html and PNG plots written to --out."
     )
     parser.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders")
-    parser.add_argument(
-        "--out", default=None, help="folder for the leaderboard files (default: outputs/report)"
-    )
+    parser.add_argument("--out", default="outputs/report", help="folder for the leaderboard files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(leaderboard(args.paths))
-    runs = board.collect(args.paths)
+    runs = collect(args.paths)
     if not runs:
         return 1
-    out = Path(args.out or "outputs/report")
-    written = board.write(runs, out, sources=", ".join(map(str, args.paths)))
-    print(f"\nwrote {', '.join(sorted(written))} to {out}/")
+    written = write_leaderboard(runs, args.out, sources=", ".join(map(str, args.paths)))
+    print(f"\nwrote {', '.join(sorted(written))} to {args.out}/")
     return 0
 
 
