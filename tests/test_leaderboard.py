@@ -206,6 +206,18 @@ class TableCells(HTMLParser):
             self.best_texts.append(data.strip())
 
 
+def test_a_broken_scores_file_is_named_and_the_others_still_reported(sweep, tmp_path, caplog):
+    broken = sweep / "crashed__task1" / "2026-11-22_00-00-00_9" / "scores.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"tasks": [')  # cut short
+    out = tmp_path / "report"
+    with caplog.at_level("WARNING"):
+        assert report.main([str(sweep), "--out", str(out)]) == 0
+    assert f"skipped {broken}: not a readable xares scores.json" in caplog.text
+    assert "| dasheng | 3 |" in (out / "leaderboard.md").read_text()
+    assert report.main([str(tmp_path / "no_runs_here"), "--out", str(tmp_path / "r2")]) == 1
+
+
 def test_no_efficiency_skips_the_cost_plot_and_says_why(tmp_path, caplog):
     for seed in (1, 2):
         run_dir = tmp_path / "runs" / f"mel{seed}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def weighted_mean(results: Iterable[Mapping[str, Any]]) -> float:
@@ -233,6 +236,8 @@ def load_run_scores(run_dir: str | Path) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "scores.json").read_text())
+    if not isinstance(summary, dict) or not isinstance(summary.get("tasks"), list):
+        raise ValueError("it has no list of `tasks`")
     info = summary.get("run")
     if info:
         encoder, task = info["encoder"], info.get("task") or ""
@@ -309,14 +314,10 @@ def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None
     return _render(header, lines, [overall])
 
 
-def leaderboard(paths: Sequence[str | Path]) -> str:
-    """One table per task: every run found under ``paths``, best overall score first."""
-    files = score_files(paths)
-    if not files:
-        return f"no scores.json under {', '.join(map(str, paths))}"
+def leaderboard(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One table per set of test sets: the ``runs`` (from :func:`collect`), best overall first."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for file in files:
-        run = load_run_scores(file.parent)
+    for run in map(dict, runs):  # copies: the labels below are for this table only
         key = ",".join(t["task"] for t in run["tasks"])  # runs are comparable on the same test sets
         groups.setdefault(key, []).append(run)
     tables = []
@@ -333,8 +334,25 @@ def leaderboard(paths: Sequence[str | Path]) -> str:
 
 
 def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Every run below ``paths``, as :func:`load_run_scores` reads it."""
-    return [load_run_scores(file.parent) for file in score_files(paths)]
+    """Every run below ``paths``, as :func:`load_run_scores` reads it.
+
+    A ``scores.json`` that cannot be read (cut short, or not written by xares) is left out
+    with a warning naming it, so one broken folder does not hide a sweep's other runs.
+    """
+    runs = []
+    for file in score_files(paths):
+        try:
+            runs.append(load_run_scores(file.parent))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "skipped %s: not a readable xares scores.json (%s: %s). Re-score that run with "
+                "`python -m xares.evaluate ckpt_path=%s`, or move the file away.",
+                file,
+                type(error).__name__,
+                error,
+                file.parent,
+            )
+    return runs
 
 
 def write_leaderboard(
@@ -370,10 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/report", help="folder for the leaderboard files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(leaderboard(args.paths))
     runs = collect(args.paths)
     if not runs:
+        print(f"no readable scores.json under {', '.join(args.paths)}")
         return 1
+    print(leaderboard(runs))
     written = write_leaderboard(runs, args.out, sources=", ".join(map(str, args.paths)))
     print(f"\nwrote {', '.join(sorted(written))} to {args.out}/")
     return 0
