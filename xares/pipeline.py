@@ -130,7 +130,6 @@ def evaluate_and_report(
     if run is not None:
         summary["run"] = run_info.finish(run, module.model.encoder)
     print("\n" + report.format_table(summary), flush=True)
-    log_final_scores(trainer.loggers, summary)
     try:
         report.write_reports(out, module.results, run_name=run_name, summary=summary)
     except OSError as error:
@@ -138,6 +137,9 @@ def evaluate_and_report(
             f"the score files could not be written to {out}: {error}. The table above is this "
             "run's result; make the directory writable to keep the files next time."
         ) from error
+    finally:
+        # The logger's copy of the table, also when the files could not be written.
+        log_final_scores(trainer.loggers, summary)
     print(f"\nscores written to {out}/scores.tsv", flush=True)
     empty = [t for t in summary["tasks"] if not t["clips"]]
     # A debug run that reads only some test batches leaves sets unread on purpose.
