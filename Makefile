@@ -45,8 +45,8 @@ train: install ## Train + evaluate: make train ENCODER=mel TASK=mini ARGS="train
 sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=mini
 	$(PY) train.py -m encoder=$(ENCODERS) task=$(TASK) $(ARGS)
 
-report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...)
-	$(PY) -m xares.report $(or $(RUNS),outputs)
+report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...): table + outputs/report/ (or OUT=dir)
+	$(PY) -m xares.report $(or $(RUNS),outputs) $(if $(OUT),--out $(OUT))
 
 bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof that xares learns
 	$(PY) experiments/compare_encoders.py --encoders mel,dummy --experiment demo $(if $(ARGS),-- $(ARGS))

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from xares import run_info
 from xares.pipeline import (
     CONFIG_DIR,
     build_datamodule,
@@ -80,7 +81,7 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), run_info.now()
     out = output_dir(cfg)
     with stop_on_sigterm():
         try:
@@ -108,6 +109,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 str(run_cfg.run_name),
                 started,
                 allow_partial=bool(cfg.get("allow_partial")),
+                run=run_info.describe(run_cfg, started_at),
             )
         finally:
             finish_wandb()

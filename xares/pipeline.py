@@ -15,13 +15,14 @@ import lightning.pytorch as pl
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from xares import report
+from xares import report, run_info
 from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
+from xares.training.loggers import log_final_scores
 from xares.training.module import AudioLLMModule
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         eval_sets=datamodule.eval_specs,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        # The chosen option names travel with the checkpoint, so a re-scored run is still
+        # labelled by the encoder it was trained with.
+        config={**OmegaConf.to_container(cfg, resolve=True), "choices": run_info.choices(cfg)},
     )
 
 
@@ -108,6 +111,7 @@ def evaluate_and_report(
     run_name: str | None = None,
     started: float | None = None,
     allow_partial: bool = False,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate and score every test set, print the table, write the score files.
 
@@ -115,13 +119,16 @@ def evaluate_and_report(
     run directory. A test set without a single scorable sample fails the run (after the
     files are written) unless ``allow_partial``, which keeps the overall over the others
     and marks it partial. ``started`` (``time.perf_counter()`` at the run's start) times
-    the run's phases for the efficiency block.
+    the run's phases for the efficiency block. ``run`` (:func:`xares.run_info.describe`)
+    is what the run was; it is completed with the end time and written to ``scores.json``.
     """
     meter = Efficiency.of(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = report.summarise(module.results, meter.summary(started, trainer))
     if not trainer.is_global_zero:
         return summary
+    if run is not None:
+        summary["run"] = run_info.finish(run, module.model.encoder)
     print("\n" + report.format_table(summary), flush=True)
     try:
         report.write_reports(out, module.results, run_name=run_name, summary=summary)
@@ -130,6 +137,9 @@ def evaluate_and_report(
             f"the score files could not be written to {out}: {error}. The table above is this "
             "run's result; make the directory writable to keep the files next time."
         ) from error
+    finally:
+        # The logger's copy of the table, also when the files could not be written.
+        log_final_scores(trainer.loggers, summary)
     print(f"\nscores written to {out}/scores.tsv", flush=True)
     empty = [t for t in summary["tasks"] if not t["clips"]]
     # A debug run that reads only some test batches leaves sets unread on purpose.

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def weighted_mean(results: Iterable[Mapping[str, Any]]) -> float:
@@ -226,13 +229,47 @@ def _json_safe(value: Any) -> Any:
 
 
 def load_run_scores(run_dir: str | Path) -> dict[str, Any]:
-    """The ``scores.json`` of a run directory, with its encoder and task taken from the run name."""
+    """The ``scores.json`` of a run directory, with ``encoder``, ``task_name`` and ``run_dir``.
+
+    Encoder and task come from the file's ``run`` block. A file written before that block
+    existed falls back to the run name (``<encoder>__<task>``), and ``from_folder`` says so.
+    """
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "scores.json").read_text())
-    name = summary.get("run_name") or run_dir.parent.name
-    encoder, _, task = name.partition("__")
+    if not isinstance(summary, dict) or not isinstance(summary.get("tasks"), list):
+        raise ValueError("it has no list of `tasks`")
+    info = summary.get("run")
+    if info:
+        encoder, task = info["encoder"], info.get("task") or ""
+    else:
+        name = summary.get("run_name") or run_dir.parent.name
+        encoder, _, task = name.partition("__")
     summary["encoder"], summary["task_name"], summary["run_dir"] = encoder, task, str(run_dir)
+    summary["from_folder"] = not info
     return summary
+
+
+def track_means(tasks: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The weighted mean of each track's scored test sets (also when there is only one track)."""
+    tracks: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        if t.get("track"):
+            score = float("nan") if t.get("score") is None else float(t["score"])
+            tracks.setdefault(t["track"], []).append({"score": score, "weight": t["weight"]})
+    return {name: weighted_mean(rs) for name, rs in tracks.items()}
+
+
+def score_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Every ``scores.json`` in the given run directories or anywhere below the given folders."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        found = (
+            [path / "scores.json"]
+            if (path / "scores.json").is_file()
+            else sorted(path.rglob("scores.json"))
+        )
+        files += [f for f in found if f not in files]
+    return files
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None) -> str:
@@ -277,38 +314,87 @@ def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None
     return _render(header, lines, [overall])
 
 
-def leaderboard(paths: Sequence[str | Path]) -> str:
-    """One table per task: every run found under ``paths``, best overall score first."""
-    files = []
-    for path in map(Path, paths):
-        files += (
-            [path / "scores.json"]
-            if (path / "scores.json").is_file()
-            else sorted(path.rglob("scores.json"))
-        )
-    if not files:
-        return f"no scores.json under {', '.join(map(str, paths))}"
+def leaderboard(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One table per set of test sets: the ``runs`` (from :func:`collect`), best overall first."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for file in files:
-        run = load_run_scores(file.parent)
+    for run in map(dict, runs):  # copies: the labels below are for this table only
         key = ",".join(t["task"] for t in run["tasks"])  # runs are comparable on the same test sets
         groups.setdefault(key, []).append(run)
     tables = []
     for runs in groups.values():
         runs.sort(key=lambda r: -(r["overall"] if r["overall"] is not None else -1.0))
         for run in runs:
-            run["encoder"] = f"{run['encoder']} ({Path(run['run_dir']).name})"
+            seed = (run.get("run") or {}).get("seed")
+            where = Path(run["run_dir"]).name + (f", seed {seed}" if seed is not None else "")
+            if run["from_folder"]:
+                where += ", name from folder"
+            run["encoder"] = f"{run['encoder']} ({where})"
         tables.append(f"task: {runs[0]['task_name']}  ({len(runs)} runs)\n" + compare_table(runs))
     return "\n\n".join(tables)
 
 
+def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every run below ``paths``, as :func:`load_run_scores` reads it.
+
+    A ``scores.json`` that cannot be read (cut short, or not written by xares) is left out
+    with a warning naming it, so one broken folder does not hide a sweep's other runs.
+    """
+    runs = []
+    for file in score_files(paths):
+        try:
+            runs.append(load_run_scores(file.parent))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "skipped %s: not a readable xares scores.json (%s: %s). Re-score that run with "
+                "`python -m xares.evaluate ckpt_path=%s`, or move the file away.",
+                file,
+                type(error).__name__,
+                error,
+                file.parent,
+            )
+    return runs
+
+
+def write_leaderboard(
+    runs: Sequence[dict[str, Any]], out: str | Path, sources: str = ""
+) -> dict[str, Path]:
+    """The leaderboard files of ``runs`` in ``out``: markdown, HTML and the PNG plots."""
+    from xares import leaderboard, plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    board = leaderboard.build(runs)
+    written, shown, skipped = {}, [], []
+    for name, draw, caption in plots.PLOTS:
+        path = draw(board, out / name)
+        if path is None:
+            skipped.append(f"{name} not written: {plots.REASONS[draw.__name__]}.")
+        else:
+            written[name] = path
+            shown.append((path, caption))
+    written |= leaderboard.write(board, out, shown, skipped, runs=len(runs), sources=sources)
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
+    import logging
 
-    parser = argparse.ArgumentParser(description="Leaderboard of the runs under the given folders.")
+    parser = argparse.ArgumentParser(
+        description="Leaderboard of the runs under the given folders: a table printed, and "
+        "leaderboard.md, leaderboard.html and PNG plots written to --out."
+    )
     parser.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders")
+    parser.add_argument("--out", default="outputs/report", help="folder for the leaderboard files")
     args = parser.parse_args(argv)
-    print(leaderboard(args.paths))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    runs = collect(args.paths)
+    if not runs:
+        print(f"no readable scores.json under {', '.join(args.paths)}")
+        return 1
+    print(leaderboard(runs))
+    written = write_leaderboard(runs, args.out, sources=", ".join(map(str, args.paths)))
+    print(f"\nwrote {', '.join(sorted(written))} to {args.out}/")
     return 0
 
 

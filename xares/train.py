@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from xares import run_info
 from xares.data.task_spec import TaskSpec
 from xares.pipeline import (
     CONFIG_DIR,
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one encoder on one task; returns the score summary."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), run_info.now()
     out = output_dir(cfg)
     fit, evaluate = bool(cfg.get("train", True)), bool(cfg.get("evaluate", True))
     with stop_on_sigterm():
@@ -78,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     str(cfg.run_name),
                     started,
                     allow_partial=bool(cfg.get("allow_partial")),
+                    run=run_info.describe(cfg, started_at),
                 )
             return summary
         finally:

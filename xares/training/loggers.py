@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,35 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+SCORE_COLUMNS = ("task", "metric", "score", "weight", "chance", "track", "clips")
+
+
+def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
+    """The run's score table as a ``wandb.Table``, track means and overall as summary metrics.
+
+    Tagged with the encoder's label (a custom encoder's file, not ``custom``) so a W&B project
+    filters and groups runs the way ``leaderboard.html`` does. No-op without a W&B logger.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    from xares.report import track_means
+
+    run = next((lg.experiment for lg in loggers if isinstance(lg, WandbLogger)), None)
+    if run is None:
+        return
+    import wandb
+
+    rows = [[t.get(c) for c in SCORE_COLUMNS] for t in summary["tasks"]]
+    run.log({"scores": wandb.Table(columns=list(SCORE_COLUMNS), data=rows)})
+    for track, value in track_means(summary["tasks"]).items():
+        run.summary[f"track/{track}"] = value
+    run.summary["overall"] = summary["overall"]
+    run.summary["partial"] = summary["partial"]
+    info = summary.get("run")
+    if info:
+        # W&B refuses tags over 64 characters: a custom encoder's path is tagged by its file.
+        tag = info["encoder"] if len(info["encoder"]) <= 64 else Path(info["encoder"]).name[-64:]
+        run.tags = tuple(dict.fromkeys([*(run.tags or ()), tag]))
+        run.config.update({"xares_run": info}, allow_val_change=True)
