@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from conftest import CONF, FAST, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -23,14 +25,18 @@ from hydra.core.global_hydra import GlobalHydra
 from xares.run_dir import register_resolvers
 
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
-QUICK = [*FAST, "trainer.max_steps=3", "logger=none"]
 
 
-def run_train(args: list[str], cwd: Path, data_home: Path, **env: str):
+def run_train(args: list[str], cwd: Path, data_home: Path, steps: int = 3, **env: str):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env = dict(clean, XARES_DATA_HOME=str(data_home), WANDB_MODE="offline", **env)
-    command = [sys.executable, str(ROOT / "train.py"), *args, *QUICK, f"paths.log_dir={cwd}"]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    quick = [*FAST, "logger=none", f"trainer.max_steps={steps}", f"paths.log_dir={cwd}"]
+    command = [sys.executable, str(ROOT / "train.py"), *args, *quick]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_ok(args: list[str], cwd: Path, data_home: Path, **env: str):
+    result = run_train(args, cwd, data_home, **env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -75,7 +81,7 @@ def test_launcher_configs_compose_with_submitit(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_gathers_one_table(tmp_path, data_home):
-    run_train(
+    run_ok(
         [
             "trainer=ddp",
             "trainer.accelerator=cpu",
@@ -100,7 +106,7 @@ def test_ddp_on_two_cpu_processes_gathers_one_table(tmp_path, data_home):
 
 def test_local_launcher_runs_a_two_encoder_sweep(tmp_path, data_home):
     sweep = tmp_path / "sweep"
-    run_train(
+    run_ok(
         ["-m", "hydra/launcher=local", "encoder=mel,dummy", f"hydra.sweep.dir={sweep}"],
         tmp_path,
         data_home,
@@ -121,7 +127,7 @@ def test_local_launcher_runs_a_two_encoder_sweep(tmp_path, data_home):
 def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_home):
     env = with_fake_slurm(tmp_path)
     sweep = tmp_path / "sweep"
-    run_train(
+    run_ok(
         [
             "-m",
             "hydra/launcher=slurm",
@@ -160,7 +166,7 @@ def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_
 def test_ddp_across_two_slurm_nodes_gathers_one_table(tmp_path, data_home):
     env = with_fake_slurm(tmp_path)
     sweep = tmp_path / "sweep"
-    run_train(
+    run_ok(
         [
             "-m",
             "hydra/launcher=slurm",
@@ -189,3 +195,32 @@ def test_ddp_across_two_slurm_nodes_gathers_one_table(tmp_path, data_home):
     assert scores["efficiency"]["world_size"] == 2
     keys = [r["key"] for r in prediction_rows(run, "eval_pitch")]
     assert len(keys) == len(set(keys)) == 8
+
+
+@pytest.mark.slow
+def test_slurm_time_limit_stops_the_run_with_a_checkpoint(tmp_path, data_home):
+    env = with_fake_slurm(tmp_path)
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=1",
+            "hydra.launcher.signal_delay_s=25",  # SIGTERM 35 s after the start
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        data_home,
+        steps=1_000_000,
+        **env,
+    )
+    assert result.returncode != 0  # the sweep reports the run that did not finish
+    (script,) = Path(env["FAKE_SLURM_DIR"]).glob("*.sh")
+    options = sbatch_options(script.read_text())
+    assert options["signal"] == "TERM@25" and options["time"] == "1"
+    run = sweep / "0_mel__smoke"
+    assert not (run / "scores.json").exists()
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step > 0
+    (log,) = (sweep / ".submitit").rglob("*_0_log.out")
+    assert f"stopped by SIGTERM at step {step}" in log.read_text()
