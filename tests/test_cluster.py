@@ -224,3 +224,12 @@ def test_slurm_time_limit_stops_the_run_with_a_checkpoint(tmp_path, data_home):
     assert step > 0
     (log,) = (sweep / ".submitit").rglob("*_0_log.out")
     assert f"stopped by SIGTERM at step {step}" in log.read_text()
+
+
+def test_ddp_that_lightning_would_restart_is_refused_in_a_sweep(make_cfg):
+    from xares.pipeline import build_trainer
+
+    ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none")
+    assert build_trainer(make_cfg(*FAST, *ddp)).num_devices == 2  # a single run: fine
+    with pytest.raises(ValueError, match="hydra/launcher=slurm"):
+        build_trainer(make_cfg(*FAST, *ddp, "hydra.mode=MULTIRUN"))
