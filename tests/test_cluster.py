@@ -35,16 +35,35 @@ def run_train(args: list[str], cwd: Path, data_home: Path, steps: int = 3, **env
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def run_ok(args: list[str], cwd: Path, data_home: Path, **env: str):
-    result = run_train(args, cwd, data_home, **env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+def run_ok(args: list[str], cwd: Path, data_home: Path):
+    result = run_train(args, cwd, data_home)
+    succeeded(result)
     return result
 
 
-def with_fake_slurm(tmp_path: Path) -> dict[str, str]:
+def slurm_sweep(tmp_path: Path, data_home: Path, *args: str, steps: int = 3):
+    """``train.py -m hydra/launcher=slurm ...`` against the stand-in scheduler.
+
+    Returns the finished process, the sweep folder and the one job script it submitted.
+    """
     state = tmp_path / "slurm"
     state.mkdir()
-    return {"PATH": f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        ["-m", "hydra/launcher=slurm", *args, f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+        data_home,
+        steps=steps,
+        PATH=f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}",
+        FAKE_SLURM_DIR=str(state),
+    )
+    scripts = list(state.glob("*.sh"))
+    assert len(scripts) == 1, result.stderr[-4000:]  # one submission for the whole sweep
+    return result, sweep, scripts[0]
+
+
+def succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def prediction_rows(run: Path, task: str) -> list[dict[str, str]]:
@@ -125,23 +144,14 @@ def test_local_launcher_runs_a_two_encoder_sweep(tmp_path, data_home):
 
 
 def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_home):
-    env = with_fake_slurm(tmp_path)
-    sweep = tmp_path / "sweep"
-    run_ok(
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.timeout_min=7",
-            "hydra.launcher.partition=debug",
-            "encoder=mel,dummy",
-            f"hydra.sweep.dir={sweep}",
-        ],
+    result, sweep, script = slurm_sweep(
         tmp_path,
         data_home,
-        **env,
+        "hydra.launcher.timeout_min=7",
+        "hydra.launcher.partition=debug",
+        "encoder=mel,dummy",
     )
-    state = Path(env["FAKE_SLURM_DIR"])
-    (script,) = state.glob("*.sh")  # one submission for the whole sweep
+    succeeded(result)
     job = script.stem
     options = sbatch_options(script.read_text())
     # The command line's overrides, then conf/hydra/launcher/slurm.yaml's defaults.
@@ -164,25 +174,17 @@ def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_
 
 
 def test_ddp_across_two_slurm_nodes_gathers_one_table(tmp_path, data_home):
-    env = with_fake_slurm(tmp_path)
-    sweep = tmp_path / "sweep"
-    run_ok(
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.gpus_per_node=null",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=1",
-            "trainer.num_nodes=2",
-            "trainer.precision=32-true",
-            f"hydra.sweep.dir={sweep}",
-        ],
+    result, sweep, script = slurm_sweep(
         tmp_path,
         data_home,
-        **env,
+        "hydra.launcher.gpus_per_node=null",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "trainer.precision=32-true",
     )
-    (script,) = Path(env["FAKE_SLURM_DIR"]).glob("*.sh")
+    succeeded(result)
     options = sbatch_options(script.read_text())
     assert options["nodes"] == "2" and options["ntasks-per-node"] == "1"  # from trainer.num_nodes
     assert "gpus-per-node" not in options
@@ -199,23 +201,14 @@ def test_ddp_across_two_slurm_nodes_gathers_one_table(tmp_path, data_home):
 
 @pytest.mark.slow
 def test_slurm_time_limit_stops_the_run_with_a_checkpoint(tmp_path, data_home):
-    env = with_fake_slurm(tmp_path)
-    sweep = tmp_path / "sweep"
-    result = run_train(
-        [
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.timeout_min=1",
-            "hydra.launcher.signal_delay_s=25",  # SIGTERM 35 s after the start
-            f"hydra.sweep.dir={sweep}",
-        ],
+    result, sweep, script = slurm_sweep(
         tmp_path,
         data_home,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=25",  # SIGTERM 35 s after the start
         steps=1_000_000,
-        **env,
     )
     assert result.returncode != 0  # the sweep reports the run that did not finish
-    (script,) = Path(env["FAKE_SLURM_DIR"]).glob("*.sh")
     options = sbatch_options(script.read_text())
     assert options["signal"] == "TERM@25" and options["time"] == "1"
     run = sweep / "0_mel__smoke"

@@ -115,11 +115,14 @@ def refuse_ddp_restart_in_a_sweep(trainer: pl.Trainer) -> None:
         _SubprocessScriptLauncher,
     )
 
-    if not isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher):
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if not isinstance(launcher, _SubprocessScriptLauncher):
         return
+    if launcher.cluster_environment.creates_processes_externally or launcher.num_processes < 2:
+        return  # SLURM, torchrun: every rank already runs; or no rank to start here
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ValueError(
-            f"trainer.strategy={type(trainer.strategy).__name__} on {trainer.num_devices} "
+            f"trainer.strategy={type(trainer.strategy).__name__} on {launcher.num_processes} "
             "devices cannot start its processes inside a sweep (-m): Lightning would re-run "
             "the whole sweep for each extra rank. Submit the sweep with hydra/launcher=slurm "
             "(srun starts one process per GPU: set hydra.launcher.tasks_per_node to the GPUs "
