@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.11.* torchaudio==2.11.*
 ENCODER ?= mel
 TASK ?= mini
 ENCODERS ?= mel,dummy
+LAUNCHER ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -42,8 +43,13 @@ data: install ## Prefetch a task's shards: make data TASK=task1
 train: install ## Train + evaluate: make train ENCODER=mel TASK=mini ARGS="trainer=gpu"
 	$(PY) train.py encoder=$(ENCODER) task=$(TASK) $(ARGS)
 
-sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=mini
-	$(PY) train.py -m encoder=$(ENCODERS) task=$(TASK) $(ARGS)
+# LAUNCHER empty: the runs one after another in this process. LAUNCHER=local: each run its own
+# subprocess, logs under <sweep dir>/.submitit/. LAUNCHER=slurm: one SLURM job array, one job per
+# run, sized by conf/hydra/launcher/slurm.yaml; change it with ARGS, e.g.
+#   make sweep LAUNCHER=slurm ENCODERS=beats,dasheng TASK=task1,task2 \
+#        ARGS="trainer=gpu hydra.launcher.partition=gpu hydra.launcher.timeout_min=480"
+sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=mini [LAUNCHER=local|slurm]
+	$(PY) train.py -m encoder=$(ENCODERS) task=$(TASK) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 
 report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...): table + outputs/report/ (or OUT=dir)
 	$(PY) -m xares.report $(or $(RUNS),outputs) $(if $(OUT),--out $(OUT))

@@ -277,6 +277,34 @@ def test_mixture_follows_probabilities_in_full_length_sorted_batches(two_dataset
             assert low[-1] <= high[0]
 
 
+def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
+    """Two readers (DDP ranks or loader workers) never train on the same clip.
+
+    dogs has 3 shards for 2 readers (split by shard), cats 1 (split by sample in the shard).
+    """
+    dogs, cats = two_datasets
+    seen = []
+    for slot in ((0, 2), (1, 2)):
+        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: slot)
+        mixture = TrainMixture(
+            [
+                DatasetSource("dogs", dogs, "label", "Which dog?"),
+                DatasetSource("cats", cats, "label", "Which cat?"),
+            ],
+            batch_size=4,
+            sort_buffer=8,
+            shuffle_buffer=4,
+            seed=0,
+        )
+        stream = iter(mixture)
+        seen.append({key for _ in range(40) for key in next(stream)["keys"]})
+    assert not seen[0] & seen[1]
+    everything = {f"dogs_{i:04d}" for i in range(24)} | {f"cats_{i:04d}" for i in range(8)}
+    assert seen[0] | seen[1] == everything
+    assert {k for k in seen[1] if k.startswith("dogs")} == {f"dogs_{i:04d}" for i in range(8, 16)}
+    assert {k for k in seen[0] if k.startswith("cats")} == {f"cats_{i:04d}" for i in range(0, 8, 2)}
+
+
 def test_mixture_random_crop(tmp_path):
     ramp = (np.arange(SR // 2, dtype=np.float32) / SR).astype(np.float32)  # 0.5 s, unique values
     members = []

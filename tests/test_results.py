@@ -136,6 +136,7 @@ def test_a_requeued_slurm_job_continues_in_its_own_directory(tmp_path, monkeypat
     from xares.run_dir import claim_run_dir
 
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     run = tmp_path / "slurm-4242"
     run.mkdir()
@@ -143,6 +144,10 @@ def test_a_requeued_slurm_job_continues_in_its_own_directory(tmp_path, monkeypat
     (run / "hpc_ckpt_1.ckpt").write_bytes(b"")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    # A second run inside the same job (no restart between them) would overwrite the first.
+    with pytest.raises(RunDirError, match="run them as a sweep"):
+        claim_run_dir(run)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     claim_run_dir(run)  # the same job after a requeue: its own results, no refusal
     assert json.loads((run / CLAIM).read_text())["pid"] == os.getpid()
     # Another job given the same folder (an explicit hydra.run.dir) is refused.

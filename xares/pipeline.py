@@ -95,12 +95,42 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             continue
         callbacks.append(instantiate(spec))
     plugins = list(instantiate(cfg.trainer.get("plugins")) or [])
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
         callbacks=callbacks,
         plugins=[*plugins, VerifiedCheckpointIO()],
     )
+    refuse_ddp_restart_in_a_sweep(trainer)
+    return trainer
+
+
+def refuse_ddp_restart_in_a_sweep(trainer: pl.Trainer) -> None:
+    """Stop a sweep whose DDP ranks Lightning would start by re-running the command line.
+
+    Lightning starts the ranks after the first by running the script again with its command
+    line; in a sweep (``-m``, any launcher) that line starts the whole sweep again instead of
+    one more rank. Under SLURM, ``srun`` starts every rank, and nothing is re-run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import (
+        _SubprocessScriptLauncher,
+    )
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        return
+    if launcher.cluster_environment.creates_processes_externally or launcher.num_processes < 2:
+        return  # SLURM, torchrun: every rank already runs; or no rank to start here
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            f"trainer.strategy={type(trainer.strategy).__name__} on {launcher.num_processes} "
+            "devices cannot start its processes inside a sweep (-m): Lightning would re-run "
+            "the whole sweep for each extra rank. Submit the sweep with hydra/launcher=slurm "
+            "(srun starts one process per GPU: set hydra.launcher.tasks_per_node to the GPUs "
+            "per node), or start each multi-device run on its own, without -m."
+        )
 
 
 def evaluate_and_report(

@@ -60,6 +60,8 @@ def _identity() -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "slurm_job": slurm_job(),
+        # SLURM counts the restarts of a requeued job; a second run in the same job has none.
+        "slurm_restarts": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -75,9 +77,12 @@ def _alive(pid: int) -> bool:
 
 
 def _same_run(owner: dict[str, Any], me: dict[str, Any]) -> bool:
-    if owner.get("slurm_job") and owner.get("slurm_job") == me["slurm_job"]:
-        return True  # a requeued job continuing its own run
-    return owner.get("host") == me["host"] and owner.get("pid") == me["pid"]
+    if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
+        return True
+    # A requeued job continuing its own run. Two runs started one after the other inside one
+    # job (a loop in a batch script) get the same folder name too, but no restart between them.
+    requeued = me["slurm_restarts"] > int(owner.get("slurm_restarts") or 0)
+    return bool(owner.get("slurm_job")) and owner.get("slurm_job") == me["slurm_job"] and requeued
 
 
 def claim_run_dir(path: str | Path) -> None:
@@ -105,11 +110,18 @@ def claim_run_dir(path: str | Path) -> None:
         running = owner.get("host") == me["host"] and _alive(int(owner.get("pid") or -1))
         if results or running:
             state = "is still running" if running else f"left {', '.join(sorted(results)[:4])}"
+            same_job = owner.get("slurm_job") and owner.get("slurm_job") == me["slurm_job"]
+            hint = (
+                " Several runs inside one SLURM job share its id: run them as a sweep "
+                "(python train.py -m ...), or give each its own hydra.run.dir."
+                if same_job
+                else ""
+            )
             raise RunDirError(
                 f"run directory {path} belongs to another run (host {owner.get('host')}, pid "
                 f"{owner.get('pid')}, started {owner.get('started')}), which {state}. Writing "
                 "here would overwrite its results: choose another hydra.run.dir, or move that "
-                "directory away first."
+                f"directory away first.{hint}"
             )
         log.warning("run directory %s: taking over from a run that left no results", path)
     claim.write_text(json.dumps(me))

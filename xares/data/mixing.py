@@ -46,6 +46,30 @@ def _process_slot() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
+def own_slice(
+    shards: Sequence[str], slot: int, slots: int
+) -> tuple[list[str], Callable[[Iterator[dict]], Iterator[dict]]]:
+    """This reader's part of a training set: its shards, and a filter over their samples.
+
+    With at least as many shards as readers (DDP ranks x loader workers), each reader takes
+    every ``slots``-th shard. With fewer, every reader walks all shards and keeps every
+    ``slots``-th sample of each shard, counted within the shard so that the split stays
+    disjoint whatever order the shards are walked in.
+    """
+    if slots <= len(shards):
+        return list(shards[slot::slots]), lambda samples: samples
+
+    def share(samples: Iterator[dict]) -> Iterator[dict]:
+        position: Counter = Counter()
+        for sample in samples:
+            shard = sample.get("__url__")
+            position[shard] += 1
+            if (position[shard] - 1) % slots == slot:
+                yield sample
+
+    return list(shards), share
+
+
 def crop(audio: torch.Tensor, max_samples: int, rng: random.Random | None) -> torch.Tensor:
     """Random crop in training (``rng`` given), the clip's start in evaluation."""
     if max_samples <= 0 or audio.shape[0] <= max_samples:
@@ -90,14 +114,17 @@ class TrainMixture(IterableDataset):
         self.seed = seed
         self.offset = 0  # set on resume so a continued run does not replay the same samples
 
-    def _examples(self, source: DatasetSource, rng: random.Random) -> Iterator[Example]:
+    def _examples(
+        self, source: DatasetSource, rng: random.Random, slot: int = 0, slots: int = 1
+    ) -> Iterator[Example]:
+        own, share = own_slice(source.shards, slot, slots)
         buffer: list[Example] = []
         passes = 0
         while True:
-            shards = list(source.shards)
+            shards = list(own)
             rng.shuffle(shards)
             produced = 0
-            for sample in read_tar_samples(shards, source.skips):
+            for sample in share(read_tar_samples(shards, source.skips)):
                 example = to_example(
                     sample,
                     task=source.name,
@@ -124,18 +151,22 @@ class TrainMixture(IterableDataset):
                     yield item
             passes += 1
             if produced == 0:
+                share_note = f", reader {slot + 1} of {slots}" if slots > 1 else ""
                 raise RuntimeError(
                     f"training set {source.name} yielded no usable samples from "
-                    f"{len(source.shards)} shard(s) ({source.skips.summary() or 'empty shards'}); "
+                    f"{len(own)} shard(s){share_note} "
+                    f"({source.skips.summary() or 'empty shards'}); "
                     "check the shards and the label_key in the task file"
                 )
             if passes == 1 and source.skips.total:
                 log.warning("%s: skipped %s in one pass", source.name, source.skips.summary())
 
     def __iter__(self) -> Iterator[dict]:
-        slot, _ = _process_slot()
+        slot, slots = _process_slot()
         rng = random.Random(f"{self.seed}-{slot}-{self.offset}")
-        streams = [self._examples(s, random.Random(rng.random())) for s in self.sources]
+        streams = [
+            self._examples(s, random.Random(rng.random()), slot, slots) for s in self.sources
+        ]
         indices = range(len(streams))
         buffer: list[Example] = []
         while True:
