@@ -90,6 +90,25 @@ def test_unwritable_score_files_still_print_the_table(make_cfg, tmp_path, capsys
     assert "eval_pitch" in out and "overall (weighted)" in out
 
 
+def test_a_tracker_failure_is_logged_and_the_run_keeps_its_result(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    def refuse(loggers, summary):
+        raise RuntimeError("tracker service unavailable")
+
+    monkeypatch.setattr("xares.pipeline.log_final_scores", refuse)
+    summary = train(make_cfg(*UNTRAINED))
+    assert summary["overall"] is not None
+    assert json.loads((tmp_path / "run" / "scores.json").read_text())["overall"] is not None
+    assert "could not be logged to the experiment tracker (RuntimeError: tracker service" in (
+        caplog.text
+    )
+    # The write error stays the run's error, not the tracker's.
+    (tmp_path / "run2" / "scores.tsv").mkdir(parents=True)
+    with pytest.raises(ReportWriteError):
+        train(make_cfg(*UNTRAINED, output_dir=tmp_path / "run2"))
+
+
 def test_a_run_refuses_a_directory_holding_another_runs_results(make_cfg, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

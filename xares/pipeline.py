@@ -133,6 +133,24 @@ def refuse_ddp_restart_in_a_sweep(trainer: pl.Trainer) -> None:
         )
 
 
+def publish_scores(loggers: list[Any], summary: dict[str, Any]) -> None:
+    """The final table to the experiment tracker; a tracker's failure never fails the run.
+
+    The score files are the run's result. An error here (a W&B service error, a config
+    conflict) is logged, so it neither fails a run whose files were written nor hides the
+    error of a run whose files could not be.
+    """
+    try:
+        log_final_scores(loggers, summary)
+    except Exception as error:
+        log.warning(
+            "the final scores could not be logged to the experiment tracker (%s: %s); "
+            "scores.tsv and scores.json in the run directory hold them",
+            type(error).__name__,
+            error,
+        )
+
+
 def evaluate_and_report(
     trainer: pl.Trainer,
     module: AudioLLMModule,
@@ -169,7 +187,7 @@ def evaluate_and_report(
         ) from error
     finally:
         # The logger's copy of the table, also when the files could not be written.
-        log_final_scores(trainer.loggers, summary)
+        publish_scores(trainer.loggers, summary)
     print(f"\nscores written to {out}/scores.tsv", flush=True)
     empty = [t for t in summary["tasks"] if not t["clips"]]
     # A debug run that reads only some test batches leaves sets unread on purpose.
