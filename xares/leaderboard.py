@@ -162,13 +162,13 @@ def _one_per_seed(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     A run re-scored with ``python -m xares.evaluate`` has its training run's configuration and
     seed; counting both would weigh that model twice in the mean and the spread.
     """
-    latest: dict[tuple, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     for run in runs:
         info = run.get("run")
         if info:
-            key: tuple = ("seed", info["config_hash"], info.get("seed"))
+            key = f"the same configuration ({info['config_hash']}) and seed ({info.get('seed')})"
         else:
-            key = ("folder", str(Path(run["run_dir"]).resolve()))
+            key = f"the same run directory ({Path(run['run_dir']).resolve()})"
         held = latest.get(key)
         if held is None:
             latest[key] = run
@@ -176,12 +176,11 @@ def _one_per_seed(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         newer, older = sorted((held, run), key=_ended, reverse=True)
         latest[key] = newer
         log.info(
-            "left out %s: %s, which ended later, has the same configuration (%s) and seed (%s); "
-            "the leaderboard keeps one result per seed, the latest",
+            "left out %s: %s, which ended later, has %s; the leaderboard keeps one result per "
+            "seed, the latest",
             older["run_dir"],
             newer["run_dir"],
-            key[1],
-            key[2] if len(key) > 2 else "-",
+            key,
         )
     return list(latest.values())
 
