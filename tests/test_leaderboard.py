@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import yaml
 
-from xares import report
+from xares import plots, report
 from xares.leaderboard import build, published_baselines
 from xares.report import collect
 
@@ -275,3 +277,131 @@ def test_the_page_renders_in_a_headless_browser(sweep, tmp_path):
         timeout=120,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def edit_run(run_dir: Path, run: dict | None = None, unscored: tuple[str, ...] = ()) -> None:
+    """Change a written scores.json: entries of its run block, and test sets left unscored."""
+    path = run_dir / "scores.json"
+    summary = json.loads(path.read_text())
+    summary["run"] = {**summary.get("run", {}), **(run or {})}
+    for task in summary["tasks"]:
+        if task["task"] in unscored:
+            task["score"] = None
+    path.write_text(json.dumps(summary))
+
+
+def dasheng_seeds(outputs: Path, seeds=(0, 1, 2)) -> list[Path]:
+    """Task1 runs of one configuration, one per seed, ended in seed order."""
+    dirs = []
+    for seed in seeds:
+        run_dir = outputs / "multirun" / f"{seed}_dasheng__task1"
+        write_run(run_dir, "dasheng", "task1", seed)
+        edit_run(run_dir, {"kind": "train", "ended": f"2026-11-20T10:0{seed}:00+00:00"})
+        dirs.append(run_dir)
+    return dirs
+
+
+def esc50(run_dir: Path) -> float:
+    summary = json.loads((run_dir / "scores.json").read_text())
+    return next(t["score"] for t in summary["tasks"] if t["task"] == "eval_esc-50")
+
+
+def test_a_rescored_run_replaces_its_seed_instead_of_adding_one(tmp_path, caplog, monkeypatch):
+    outputs = tmp_path / "outputs"
+    trained = dasheng_seeds(outputs)
+    # `python -m xares.evaluate ckpt_path=<seed 0's run>`: seed 0's model, scored again later.
+    rescored = outputs / "eval" / "2026-11-21_08-00-00_5"
+    write_run(rescored, "dasheng", "task1", 7)  # other numbers than the training run's
+    edit_run(
+        rescored,
+        {"kind": "evaluate", "seed": 0, "ended": "2026-11-21T08:00:00+00:00"},
+    )
+    with caplog.at_level("INFO", logger="xares.leaderboard"):
+        (row,) = build(collect([outputs])).rows
+    assert row.seeds == 3
+    cell = row.cells["task:eval_esc-50"]
+    assert cell.n == 3 and sorted(cell.values) == sorted(
+        [esc50(rescored), esc50(trained[1]), esc50(trained[2])]
+    )
+    assert f"left out {trained[0]}: {rescored}, which ended later" in caplog.text
+
+    # The same folder given twice, relative and absolute, is read once.
+    monkeypatch.chdir(tmp_path)
+    assert len(collect(["outputs", str(outputs)])) == 4
+    assert len(collect([str(outputs / "multirun"), "outputs/multirun/0_dasheng__task1"])) == 3
+
+
+def test_a_cell_that_not_every_seed_scored_says_so(tmp_path):
+    outputs = tmp_path / "outputs"
+    first, *others = dasheng_seeds(outputs)
+    for run_dir in others:  # two of three seeds could not score esc-50
+        edit_run(run_dir, unscored=("eval_esc-50",))
+    board = build(collect([outputs]))
+    (row,) = board.rows
+    assert row.seeds == 3 and row.cells["task:eval_esc-50"].n == 1
+    # Per-seed means over different test sets are not comparable: no spread, marked partial,
+    # the weighted mean of the per-test-set means.
+    overall = row.cells["overall"]
+    assert overall.partial and overall.spread is None
+    runs = collect([outputs])
+    per_task = []
+    for spec in runs[0]["tasks"]:
+        scores = [
+            t["score"] for r in runs for t in r["tasks"] if t["task"] == spec["task"] and t["score"]
+        ]
+        per_task.append(sum(scores) / len(scores))
+    assert overall.mean == pytest.approx(sum(per_task) / len(per_task))
+
+    out = tmp_path / "report"
+    report.write_leaderboard(runs, out)
+    md = (out / "leaderboard.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith("| dasheng | 3 |"))
+    assert f"{esc50(first):.3f}" in line and "(n=1)" in line and line.endswith("‡ |")
+    assert "‡ partial: some seed has no score" in md
+    html = (out / "leaderboard.html").read_text()
+    assert " n=1</span>" in html and "‡ partial" in html
+
+
+def test_published_track_means_are_the_overall_of_a_one_track_report(tmp_path):
+    outputs = tmp_path / "outputs"
+    dasheng_seeds(outputs)
+    board = build(collect([outputs]))
+    published = {r.label: r for r in board.references}
+    assert published["dasheng_base (published)"].cells["overall"].mean == 0.614
+    assert published["whisper_base (published)"].cells["overall"].mean == 0.652
+    # The plot's panel holds the overall, so the published rows have a bar there.
+    ((_, columns),) = plots.panels(board)
+    assert [c.key for c in columns][-1] == "overall"
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    md = (out / "leaderboard.md").read_text()
+    whisper = next(line for line in md.splitlines() if line.startswith("| *whisper_base"))
+    assert whisper.endswith("| **0.652** |")  # the best overall: published beats the runs
+
+
+def test_links_are_url_encoded_and_markdown_cells_escaped(tmp_path):
+    outputs = tmp_path / "outputs"
+    run_dir = outputs / "a b#1"
+    write_run(run_dir, "encoders/my_whisper.py", "task1", 0)
+    edit_run(run_dir, {"encoder": "encoders/a|b<c>.py"})
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    md = (out / "leaderboard.md").read_text()
+    line = next(line for line in md.splitlines() if "a\\|b" in line)
+    assert line.startswith("| encoders/a\\|b&lt;c&gt;.py | 1 |")
+    header = md.splitlines()[4]
+    # As many cells as the header: the escaped | does not split the row.
+    assert len(re.split(r"(?<!\\)\|", line)) == len(header.split("|"))
+    assert "(../outputs/a%20b%231)" in line
+    cells = TableCells()
+    cells.feed((out / "leaderboard.html").read_text())
+    assert cells.links and all(href == "../outputs/a%20b%231" for href in cells.links)
+    assert (out / unquote(cells.links[0]) / "scores.json").is_file()
+
+
+def test_rows_without_run_metadata_are_told_apart_by_their_folders(tmp_path):
+    outputs = tmp_path / "outputs"
+    for day in ("2025-01-01_00-00-00_3", "2025-01-02_00-00-00_4"):
+        write_run(outputs / "wavlm__task2" / day, "mel", "task2", 42, legacy=True)
+    labels = sorted(r.label for r in build(collect([outputs])).rows)
+    assert labels == ["wavlm #2025-01-01_00-00-00_3", "wavlm #2025-01-02_00-00-00_4"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from conftest import FAST
 from test_efficiency import ENCODER
@@ -35,7 +37,12 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
 
     monkeypatch.setattr(xares.train, "finish_wandb", snapshot_then_finish)
     cfg = make_cfg(
-        *FAST, "encoder=custom", f"encoder.path={path}", "trainer.max_steps=3", "logger=wandb"
+        *FAST,
+        "encoder=custom",
+        f"encoder.path={path}",
+        "trainer.max_steps=3",
+        "logger=wandb",
+        "seed=7",
     )
     summary = train(cfg)
 
@@ -49,8 +56,9 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
         "smoke",
         "tiny_random",
         "linear",
-        42,
+        7,
     )
+    assert info["kind"] == "train" and info["checkpoint"] is None
     assert len(info["config_hash"]) == 12 and len(info["model_hash"]) == 12
     started, ended = (datetime.fromisoformat(info[k]) for k in ("started", "ended"))
     assert started.utcoffset().total_seconds() == 0 and started <= ended
@@ -84,6 +92,10 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
     )
     again = json.loads((tmp_path / "eval" / "scores.json").read_text())["run"]
     assert (again["encoder"], again["task"], again["llm"]) == (str(path), "smoke", "tiny_random")
+    # The model it scored is seed 7's (eval.yaml's own seed, 42, only drives generation), so
+    # the leaderboard takes it for that seed's result, not for another seed.
+    assert (again["kind"], again["seed"]) == ("evaluate", 7)
+    assert again["checkpoint"] == str((run_dir / "checkpoints" / "last.ckpt").resolve())
     # The leaderboard reads the file path from scores.json, never the folder names.
     rows = build(collect([run_dir])).rows
     assert [r.label for r in rows] == [str(path)]
@@ -101,3 +113,16 @@ def test_git_state_is_absent_outside_a_checkout(tmp_path):
     assert run_info.git_state(tmp_path) is None
     state = run_info.git_state()
     assert state is not None and isinstance(state["dirty"], bool)
+
+
+def test_the_readme_documents_the_run_block_as_it_is():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in readme.splitlines()
+        if line.startswith("| `") and line.count("|") == 3
+    }
+    hashed = rows["`config_hash`"]
+    listed = hashed[hashed.index("without") : hashed.index("trainer's display switches")]
+    assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(run_info.UNHASHED)
+    assert "`kind`, `checkpoint`" in rows

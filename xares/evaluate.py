@@ -100,7 +100,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             module = build_module(run_cfg, datamodule)
             load_trainable(module, ckpt_path, checkpoint)
             trainer = build_trainer(run_cfg)
-            (out / "checkpoint.txt").write_text(str(Path(ckpt_path).resolve()) + "\n")
+            scored = str(Path(ckpt_path).resolve())
+            (out / "checkpoint.txt").write_text(scored + "\n")
             return evaluate_and_report(
                 trainer,
                 module,
@@ -109,7 +110,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 str(run_cfg.run_name),
                 started,
                 allow_partial=bool(cfg.get("allow_partial")),
-                run=run_info.describe(run_cfg, started_at),
+                run=run_info.describe(
+                    run_cfg,
+                    started_at,
+                    kind="evaluate",
+                    checkpoint=scored,
+                    trained_seed=checkpoint["xares_config"].get("seed"),
+                ),
             )
         finally:
             finish_wandb()

@@ -3,7 +3,9 @@
 Runs are read from the ``run`` block of their ``scores.json`` (:mod:`xares.run_info`):
 
 - runs with the same ``config_hash`` (everything but the seed) are seeds of one
-  configuration, shown as mean ± sample standard deviation with their count n;
+  configuration, shown as mean ± sample standard deviation with their count n; each seed
+  counts once: of several results for one seed (a run and its re-scoring with
+  ``python -m xares.evaluate``), the latest by ``ended`` is kept;
 - configurations of the same model (encoder label and ``model_hash``) on different test sets
   (a task1 run and a task2 run) share a row;
 - a ``scores.json`` written before the ``run`` block existed is read from its run name
@@ -14,6 +16,7 @@ Track means and the overall are weighted means over a row's test sets, as in ``s
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import statistics
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import yaml
@@ -30,6 +34,13 @@ ASSETS = Path(__file__).resolve().parent / "report_assets"
 BASELINES = ASSETS / "published_baselines.yaml"
 SPREAD = "sample standard deviation over seeds"
 FROM_FOLDER = "scores.json without run metadata: encoder and task read from the run's folder name"
+PARTIAL = (
+    "partial: some seed has no score for a test set of this mean, so its per-seed means would "
+    "be over different test sets; shown is the weighted mean of the per-test-set means, without "
+    "spread"
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +51,8 @@ class Cell:
     runs: list[str] = field(default_factory=list)
     # A mean over test sets from different configurations: there is no per-seed value.
     combined: bool = False
+    # A mean over test sets that not every seed scored: no per-seed value either.
+    partial: bool = False
 
     @property
     def mean(self) -> float:
@@ -143,9 +156,42 @@ def _task_track(task: Mapping[str, Any], run: Mapping[str, Any]) -> str:
     return task.get("track") or run.get("task_name") or "tasks"
 
 
+def _one_per_seed(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per (configuration, seed): the latest by ``ended``.
+
+    A run re-scored with ``python -m xares.evaluate`` has its training run's configuration and
+    seed; counting both would weigh that model twice in the mean and the spread.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        info = run.get("run")
+        if info:
+            key = f"the same configuration ({info['config_hash']}) and seed ({info.get('seed')})"
+        else:
+            key = f"the same run directory ({Path(run['run_dir']).resolve()})"
+        held = latest.get(key)
+        if held is None:
+            latest[key] = run
+            continue
+        newer, older = sorted((held, run), key=_ended, reverse=True)
+        latest[key] = newer
+        log.info(
+            "left out %s: %s, which ended later, has %s; the leaderboard keeps one result per "
+            "seed, the latest",
+            older["run_dir"],
+            newer["run_dir"],
+            key,
+        )
+    return list(latest.values())
+
+
+def _ended(run: Mapping[str, Any]) -> tuple[str, str]:
+    return (str((run.get("run") or {}).get("ended") or ""), str(run["run_dir"]))
+
+
 def _configurations(runs: Iterable[dict[str, Any]]) -> list[Configuration]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for run in runs:
+    for run in _one_per_seed(runs):
         info = run.get("run")
         key = ("hash", info["config_hash"]) if info else ("folder", run["run_dir"])
         groups.setdefault(key, []).append(run)
@@ -183,20 +229,25 @@ def _rows_of_configurations(configs: list[Configuration]) -> list[list[Configura
 
 
 def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
-    """The weighted mean over ``tasks``: per seed when one configuration holds them all."""
+    """The weighted mean over ``tasks``: per seed when one configuration holds them all and
+    each of its seeds scored each of them; otherwise the weighted mean of per-task means."""
     holders = [m for m in members if set(tasks) & set(m.tasks)]
-    if len(holders) == 1:
+    complete = all(
+        len(config.scores(task)) == len(config.runs)
+        for config in holders
+        for task in set(tasks) & set(config.tasks)
+    )
+    if len(holders) == 1 and complete:
         config = holders[0]
-        values = []
-        for run in config.runs:
-            scored = [
-                {"score": _number(t.get("score")), "weight": t["weight"]}
+        values = [
+            _weighted_mean(
+                {"score": t["score"], "weight": t["weight"]}
                 for t in run["tasks"]
                 if t["task"] in tasks and _number(t.get("score")) is not None
-            ]
-            if scored:
-                values.append(_weighted_mean(scored))
-        return Cell(values, [r["run_dir"] for r in config.runs]) if values else None
+            )
+            for run in config.runs
+        ]
+        return Cell(values, [r["run_dir"] for r in config.runs])
     cells = []
     for config in holders:
         for task in set(tasks) & set(config.tasks):
@@ -204,7 +255,10 @@ def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
             if pairs:
                 mean = statistics.fmean(s for s, _ in pairs)
                 cells.append({"score": mean, "weight": config.tasks[task]["weight"]})
-    return Cell([_weighted_mean(cells)], combined=True) if cells else None
+    if not cells:
+        return None
+    runs = [r["run_dir"] for config in holders for r in config.runs]
+    return Cell([_weighted_mean(cells)], runs, combined=len(holders) > 1, partial=not complete)
 
 
 def _cost(members: list[Configuration]) -> dict[str, Any]:
@@ -249,11 +303,20 @@ def _distinct_labels(rows: list[Row], members_of: list[list[Configuration]]) -> 
                 for i in indices:
                     rows[i].label += f" · {members_of[i][0].info.get(key)}"
         labels = [rows[i].label for i in indices]
-        for i in indices:
-            if labels.count(rows[i].label) > 1:
-                config = members_of[i][0]
-                tag = config.info.get("config_hash") or Path(config.runs[0]["run_dir"]).name
-                rows[i].label += f" #{tag[:7]}"
+        twins = [i for i in indices if labels.count(rows[i].label) > 1]
+        # Without a run block the run directory is all a row has; its folder name alone (a
+        # date) repeats across runs, its path below what those rows share does not.
+        folders = {
+            i: Path(members_of[i][0].runs[0]["run_dir"]).resolve()
+            for i in twins
+            if not members_of[i][0].info
+        }
+        common = os.path.commonpath([f.parent for f in folders.values()]) if folders else ""
+        for i in twins:
+            if i in folders:
+                rows[i].label += f" #{os.path.relpath(folders[i], common)}"
+            else:
+                rows[i].label += f" #{members_of[i][0].info['config_hash'][:7]}"
 
 
 def published_baselines(path: Path = BASELINES) -> dict[str, Any]:
@@ -335,6 +398,10 @@ def build(
                 cells[f"track:{track}"] = Cell(
                     [statistics.fmean(cells[f"task:{n}"].mean for n in names)]
                 )
+        if len(track_tasks) == 1:  # one track: its mean is the overall column
+            (track,) = track_tasks
+            if f"track:{track}" in cells:
+                cells["overall"] = cells[f"track:{track}"]
         if cells:
             references.append(
                 Row(f"{name} (published)", "baseline", cells, baselines.get("source", ""))
@@ -380,18 +447,21 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
         if found is None:
             return {"text": "–", "spread": None, "n": None, "href": None, "title": ""} | {
                 "combined": False,
+                "partial": False,
                 "best": False,
             }
         link = os.path.relpath(found.runs[0], out) if found.runs and column.kind == "task" else None
         spread = found.spread
+        per_seed = row.kind == "run" and not (found.combined or found.partial)
         return {
             "text": _fmt(found.mean),
             "spread": None if spread is None else f"{spread:.3f}",
             # n is in the row's seeds column; a cell repeats it only where it differs.
-            "n": found.n if found.n > 1 and found.n != row.seeds else None,
-            "href": link,
+            "n": found.n if per_seed and found.n != row.seeds else None,
+            "href": link and quote(link),
             "title": "\n".join(os.path.relpath(r, out) for r in found.runs),
             "combined": found.combined,
+            "partial": found.partial,
             "best": row.kind != "chance" and board.is_best(row, column),
         }
 
@@ -419,7 +489,14 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
         "from_folder": FROM_FOLDER,
         "any_from_folder": any(r.from_folder for r in board.rows),
         "any_combined": any(c.combined for r in board.rows for c in r.cells.values()),
+        "partial": PARTIAL,
+        "any_partial": any(c.partial for r in board.rows for c in r.cells.values()),
     }
+
+
+def _markdown_text(text: Any) -> str:
+    """Text safe in a markdown table cell: ``|`` would end the cell, ``<``/``>`` open HTML."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _markdown_cell(cell: Mapping[str, Any]) -> str:
@@ -428,6 +505,8 @@ def _markdown_cell(cell: Mapping[str, Any]) -> str:
         text = f"[{text}]({cell['href']})"
     if cell.get("combined"):
         text += "*"
+    if cell.get("partial"):
+        text += "‡"
     if cell.get("spread"):
         text += f" ± {cell['spread']}"
     if cell.get("n"):
@@ -484,6 +563,7 @@ def write(
             lstrip_blocks=html,
         )
         env.globals["md"] = _markdown_cell
+        env.filters["mdtext"] = _markdown_text
         path = out / name
         path.write_text(env.get_template(f"{name}.j2").render(**context))
         written[name] = path

@@ -41,7 +41,7 @@ def scores_by_task(board: Leaderboard, path: Path) -> Path | None:
     """Grouped bars: one panel per track, one group per test set (and the track mean), one bar
     per encoder; published baselines hatched, ± spread as error bars, chance as a black tick."""
     series: list[Row] = [*board.rows, *board.references]
-    tracks = board.tracks
+    tracks = panels(board)
     if not series or not tracks:
         log.info("%s not written: %s", path.name, REASONS["scores_by_task"])
         return None
@@ -79,7 +79,7 @@ def scores_by_task(board: Leaderboard, path: Path) -> Path | None:
                 hatch=hatches[(i - len(board.rows)) % len(hatches)] if reference else None,
                 linewidth=0.8,
             )
-        if any(c.kind == "track" for c in columns) and len(columns) > 1:
+        if any(c.kind != "task" for c in columns) and len(columns) > 1:
             ax.axvline(len(columns) - 1.5, color="0.5", linestyle=":", linewidth=1)
         _chance_ticks(ax, board.chance, columns)
         ax.set_xticks(range(len(columns)), [_tick(c) for c in columns], rotation=30, ha="right")
@@ -97,6 +97,16 @@ def scores_by_task(board: Leaderboard, path: Path) -> Path | None:
                 labels.append(label)
     fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 5), frameon=False)
     return _save(fig, path)
+
+
+def panels(board: Leaderboard) -> list[tuple[str, list[Column]]]:
+    """A panel per track: its test sets, then its mean; the mean of a lone track is the overall
+    (the only column where a published baseline quoted per track has a value)."""
+    tracks = board.tracks
+    if len(tracks) == 1:
+        (track, columns), overall = tracks[0], [c for c in board.columns if c.kind == "overall"]
+        return [(track, [*columns, *overall])]
+    return tracks
 
 
 def _tick(column: Column) -> str:

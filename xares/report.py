@@ -260,16 +260,19 @@ def track_means(tasks: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def score_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Every ``scores.json`` in the given run directories or anywhere below the given folders."""
-    files: list[Path] = []
+    """Every ``scores.json`` in the given run directories or anywhere below the given folders,
+    each once: a folder given twice (``outputs`` and its absolute path) or inside another is
+    not counted again."""
+    files: dict[Path, Path] = {}
     for path in map(Path, paths):
         found = (
             [path / "scores.json"]
             if (path / "scores.json").is_file()
             else sorted(path.rglob("scores.json"))
         )
-        files += [f for f in found if f not in files]
-    return files
+        for file in found:
+            files.setdefault(file.resolve(), file)
+    return list(files.values())
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]], baseline: str | None = None) -> str:

@@ -131,17 +131,30 @@ def version() -> str | None:
         return None
 
 
-def describe(cfg: DictConfig, started: str) -> dict[str, Any]:
-    """The ``run`` block, less what only the end of the run knows (``ended``, the encoder class)."""
+def describe(
+    cfg: DictConfig,
+    started: str,
+    kind: str = "train",
+    checkpoint: str | None = None,
+    trained_seed: int | None = None,
+) -> dict[str, Any]:
+    """The ``run`` block, less what only the end of the run knows (``ended``, the encoder class).
+
+    An ``evaluate`` run re-scores the model of a ``checkpoint``: its ``seed`` is the one that
+    model was trained with (``trained_seed``), not the seed of its own generation, so the
+    leaderboard sees the re-scored run as its training run again, not as another seed.
+    """
     chosen = choices(cfg)
     resolved = _resolved(cfg)
     return {
+        "kind": kind,
+        "checkpoint": checkpoint,
         "encoder": encoder_label(resolved, chosen["encoder"]),
         "encoder_config": chosen["encoder"],
         "task": chosen["task"] or (resolved.get("task") or {}).get("name"),
         "llm": chosen["llm"],
         "projector": chosen["projector"],
-        "seed": resolved.get("seed"),
+        "seed": resolved.get("seed") if trained_seed is None else trained_seed,
         "config_hash": config_hash(resolved),
         "model_hash": config_hash(resolved, sections=("encoder", "projector", "llm")),
         "git": git_state(),
