@@ -99,6 +99,24 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
     # The leaderboard reads the file path from scores.json, never the folder names.
     rows = build(collect([run_dir])).rows
     assert [r.label for r in rows] == [str(path)]
+    # Scored on fewer clips than in training, it is another evaluation of that model...
+    assert again["config_hash"] != info["config_hash"]
+    assert again["model_hash"] == info["model_hash"]
+    # ...scored as in training (this command's trainer is only how it ran), the same one: the
+    # leaderboard keeps one result for seed 7, not two.
+    evaluate(
+        make_cfg(
+            f"ckpt_path={run_dir}",
+            "data.eval_limit=8",
+            "generation.max_new_tokens=6",
+            config_name="eval",
+            output_dir=tmp_path / "same",
+        )
+    )
+    same = json.loads((tmp_path / "same" / "scores.json").read_text())["run"]
+    assert same["config_hash"] == info["config_hash"]
+    (row,) = build(collect([run_dir, tmp_path / "same"])).rows
+    assert row.seeds == 1
 
 
 def test_config_hash_ignores_seed_and_locations_but_not_settings(make_cfg, tmp_path):

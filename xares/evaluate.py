@@ -80,6 +80,21 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
     return merged
 
 
+def scored_identity(saved: dict[str, Any], run_cfg: DictConfig) -> DictConfig:
+    """What a re-scoring computed, for the run block's hashes: the checkpoint's training config
+    (its trainer and speed included: they made the model) with the test sets, data and
+    generation settings it was scored with. This command's trainer and speed are how it ran,
+    not what it computed, so a re-scoring with the training run's settings hashes as that run,
+    and the leaderboard keeps one result for that model and seed.
+    """
+    identity = OmegaConf.create(saved)
+    with open_dict(identity):
+        for key in ("task", "data", "generation"):
+            if run_cfg.get(key) is not None:
+                identity[key] = run_cfg[key]
+    return identity
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started, started_at = time.perf_counter(), run_info.now()
     out = output_dir(cfg)
@@ -116,6 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     kind="evaluate",
                     checkpoint=scored,
                     trained_seed=checkpoint["xares_config"].get("seed"),
+                    identity=scored_identity(checkpoint["xares_config"], run_cfg),
                 ),
             )
         finally:

@@ -137,15 +137,19 @@ def describe(
     kind: str = "train",
     checkpoint: str | None = None,
     trained_seed: int | None = None,
+    identity: DictConfig | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``run`` block, less what only the end of the run knows (``ended``, the encoder class).
 
     An ``evaluate`` run re-scores the model of a ``checkpoint``: its ``seed`` is the one that
     model was trained with (``trained_seed``), not the seed of its own generation, so the
     leaderboard sees the re-scored run as its training run again, not as another seed.
+    ``identity`` is the config the hashes are taken over, when it is not ``cfg`` itself
+    (:func:`xares.evaluate.scored_identity`).
     """
     chosen = choices(cfg)
     resolved = _resolved(cfg)
+    hashed = resolved if identity is None else _resolved(identity)
     return {
         "kind": kind,
         "checkpoint": checkpoint,
@@ -155,8 +159,8 @@ def describe(
         "llm": chosen["llm"],
         "projector": chosen["projector"],
         "seed": resolved.get("seed") if trained_seed is None else trained_seed,
-        "config_hash": config_hash(resolved),
-        "model_hash": config_hash(resolved, sections=("encoder", "projector", "llm")),
+        "config_hash": config_hash(hashed),
+        "model_hash": config_hash(hashed, sections=("encoder", "projector", "llm")),
         "git": git_state(),
         "started": started,
         "hostname": socket.gethostname(),
