@@ -280,7 +280,8 @@ def test_mixture_follows_probabilities_in_full_length_sorted_batches(two_dataset
 def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
     """Two readers (DDP ranks or loader workers) never train on the same clip.
 
-    dogs has 3 shards for 2 readers (split by shard), cats 1 (split by sample in the shard).
+    dogs has 3 shards for 2 readers (two dealt out whole, the third split by sample), cats 1
+    (split by sample in the shard).
     """
     dogs, cats = two_datasets
     seen = []
@@ -301,8 +302,78 @@ def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
     assert not seen[0] & seen[1]
     everything = {f"dogs_{i:04d}" for i in range(24)} | {f"cats_{i:04d}" for i in range(8)}
     assert seen[0] | seen[1] == everything
-    assert {k for k in seen[1] if k.startswith("dogs")} == {f"dogs_{i:04d}" for i in range(8, 16)}
+    assert {k for k in seen[1] if k.startswith("dogs")} == {
+        f"dogs_{i:04d}" for i in [*range(8, 16), *range(17, 24, 2)]
+    }
     assert {k for k in seen[0] if k.startswith("cats")} == {f"cats_{i:04d}" for i in range(0, 8, 2)}
+
+
+@pytest.mark.parametrize(("shards", "readers"), [(4, 3), (6, 4), (2, 3), (8, 4)])
+def test_readers_parts_are_disjoint_complete_and_equal(tmp_path, shards, readers):
+    """Every sample is in exactly one reader's part, and the parts are the same size.
+
+    Readers draw at the same rate, so unequal parts would over-sample some shards (4 shards
+    on 3 readers dealt out whole would be parts of 2, 1 and 1 shard).
+    """
+    per_shard = 12
+    paths = [
+        write_tar(
+            tmp_path / f"s_{shard}.tar",
+            [(f"s{shard}_{i:02d}.json", b"{}") for i in range(per_shard)],
+        )
+        for shard in range(shards)
+    ]
+    parts = []
+    for slot in range(readers):
+        own, share = mixing.own_slice(paths, slot, readers)
+        random.Random(slot).shuffle(own)  # a reader walks its shards in its own order
+        parts.append([s["__key__"] for s in share(read_tar_samples(own, SkipCounter("s")))])
+    everything = [key for part in parts for key in part]
+    assert sorted(everything) == sorted(f"s{s}_{i:02d}" for s in range(shards) for i in range(12))
+    assert len(set(everything)) == len(everything)
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= shards % readers, sizes
+
+
+def test_reader_with_an_empty_part_reads_the_whole_set(tmp_path, monkeypatch, caplog):
+    """1 shard of 3 usable clips on 4 readers: the 4th reader's part is empty.
+
+    Raising there would stop one DDP rank while the others wait for it; it trains on the
+    whole set instead, and says so once.
+    """
+    members = []
+    for i in range(3):
+        members += sample(f"few_{i}", noise(0.1, i), {"label": f"l{i}"})
+    shard = write_tar(tmp_path / "few.tar", members)
+    keys = {}
+    for slot in range(4):
+        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: (slot, 4))
+        mixture = TrainMixture(
+            [DatasetSource("few", [shard], "label", "P")],
+            batch_size=1,
+            sort_buffer=1,
+            shuffle_buffer=1,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xares.data.mixing"):
+            stream = iter(mixture)
+            keys[slot] = {key for _ in range(9) for key in next(stream)["keys"]}
+        warnings = [r.getMessage() for r in caplog.records if "whole set" in r.getMessage()]
+        assert len(warnings) == (1 if slot == 3 else 0), warnings
+    assert [keys[slot] for slot in range(3)] == [{"few_0"}, {"few_1"}, {"few_2"}]
+    assert keys[3] == {"few_0", "few_1", "few_2"}
+    assert "training set few: reader 4 of 4" in warnings[0]
+    assert "0 sample(s) in 1 of the set's 1 shard(s)" in warnings[0]
+
+
+def test_set_without_usable_samples_fails_on_every_reader(tmp_path, monkeypatch):
+    shard = write_tar(tmp_path / "bad.tar", sample("x", noise(0.1, 0), {"other": 1}))
+    for slot in range(2):
+        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: (slot, 2))
+        stream = iter(TrainMixture([DatasetSource("broken", [shard], "label", "P")], batch_size=1))
+        match = rf"training set broken .* 1 shard\(s\), read whole by reader {slot + 1} of 2"
+        with pytest.raises(RuntimeError, match=match):
+            next(stream)
 
 
 def test_mixture_random_crop(tmp_path):

@@ -46,7 +46,8 @@ class HubServer:
     ``/api/datasets/<repo>/tree/main/<folder>`` listing), anything else as a plain
     file. ``modes[path]`` makes a path misbehave: ``cut_once`` sends half the body
     of the first GET and drops the connection, ``busy_once`` answers the first
-    request with 503, ``error`` always answers 500, ``slow`` dribbles the body out
+    request with 503, ``error`` always answers 500, ``forbidden`` always answers 403,
+    ``slow`` dribbles the body out
     so concurrent clients overlap. Every request is recorded as (method, path, headers),
     header names in lower case.
     """
@@ -98,6 +99,9 @@ class HubServer:
         with self._lock:
             self.requests.append((h.command, path, {k.lower(): v for k, v in h.headers.items()}))
         mode = self.modes.get(path, "ok")
+        if mode == "forbidden":
+            self._reply(h, 403, {})
+            return
         if mode == "error" or (mode == "busy_once" and self._once(mode, path)):
             self._reply(h, 500 if mode == "error" else 503, {})
             return
@@ -214,6 +218,7 @@ def resolve_path(path: str) -> str:
         ("{a,b{1,2}}", ["a", "b1", "b2"]),
         ("plain/file.tar", ["plain/file.tar"]),
         ("x{a}y", ["x{a}y"]),
+        (r"x\{1,2\}.tar", ["x{1,2}.tar"]),
     ],
 )
 def test_expand_pattern(pattern, expected):
@@ -226,9 +231,10 @@ def test_expand_protocol_pattern_width():
     assert names[0].endswith("train_000000.tar.gz") and names[-1].endswith("train_000173.tar.gz")
 
 
-def test_unbalanced_braces_are_an_error():
-    with pytest.raises(ValueError, match="unbalanced braces"):
-        resolve_shards("open{1..2.tar", offline=True)
+@pytest.mark.parametrize("pattern", ["open{1..2.tar", "lone}.tar", r"half\{1,2}.tar"])
+def test_unbalanced_braces_are_an_error(pattern):
+    with pytest.raises(ValueError, match=r"unbalanced braces.*'\\\{'"):
+        resolve_shards(pattern, offline=True)
 
 
 def test_locations(tmp_path, monkeypatch):
@@ -332,6 +338,72 @@ def test_hub_glob_is_listed_then_read_from_disk(server, monkeypatch):
         resolve_shards("Set/test/*.tar", REPO, progress=False)
 
 
+def test_hub_glob_cut_short_is_completed_not_trusted(server, monkeypatch, no_backoff, caplog):
+    """A glob fetch that stopped after some files does not pass for the whole glob later."""
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    names = [f"Set/train/s_{i}.tar" for i in range(3)]
+    for name in names:
+        server.files[resolve_path(name)] = name.encode()
+    server.modes[resolve_path(names[1])] = "forbidden"
+    with pytest.raises((DownloadError, MissingShardError), match="403"):
+        resolve_shards("Set/train/s_*.tar", REPO, progress=False)
+    on_disk = sorted(p.name for p in (data_home() / REPO / "Set/train").glob("*.tar"))
+    assert on_disk == ["s_0.tar"]
+
+    # Offline: the disk cannot say whether s_0.tar is all of it, and no listing says so.
+    caplog.set_level("WARNING", logger="xares.data.shards")
+    got = resolve_shards("Set/train/s_*.tar", REPO, offline=True)
+    assert [Path(p).name for p in got] == ["s_0.tar"]
+    assert "cannot be checked" in caplog.text and "Set/train/s_*.tar" in caplog.text
+
+    # Online: listed again and completed.
+    del server.modes[resolve_path(names[1])]
+    got = resolve_shards("Set/train/s_*.tar", REPO, progress=False)
+    assert [Path(p).read_bytes() for p in got] == [name.encode() for name in names]
+    assert server.count(resolve_path(names[0])) == 1  # not fetched twice
+    listings = list((data_home() / REPO / ".xares/globs").glob("*.json"))
+    assert len(listings) == 1 and json.loads(listings[0].read_text())["files"] == names
+
+    # The listing makes the disk trusted, online and offline, without asking the hub.
+    seen = len(server.requests)
+    assert resolve_shards("Set/train/s_*.tar", REPO, progress=False) == got
+    assert resolve_shards("Set/train/s_*.tar", REPO, offline=True) == got
+    assert len(server.requests) == seen
+
+    # A listed file gone from disk: offline, that file is missing, named with the glob.
+    Path(got[2]).unlink()
+    with pytest.raises(MissingShardError) as info:
+        resolve_shards("Set/train/s_*.tar", REPO, offline=True, task="t")
+    assert [(m.shard, Path(m.path).name) for m in info.value.missing] == [
+        ("Set/train/s_*.tar", "s_2.tar")
+    ]
+    assert hub_url(REPO, names[2]) in str(info.value) and "make data TASK=t" in str(info.value)
+    # ... and online it is fetched again.
+    assert resolve_shards("Set/train/s_*.tar", REPO, progress=False) == got
+    assert server.count(resolve_path(names[2])) == 2
+
+
+def test_manual_copy_of_a_glob_without_listing(server, monkeypatch, no_backoff, caplog):
+    """`hf download --local-dir` writes no listing: online it is checked, offline trusted."""
+    names = [f"Set/train/s_{i}.tar" for i in range(2)]
+    for name in names:
+        path = data_home() / name  # the flat layout of `--local-dir $XARES_DATA_HOME`
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"manual")
+        server.files[resolve_path(name)] = b"hub"
+    caplog.set_level("WARNING", logger="xares.data.shards")
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())  # the network is down
+    got = resolve_shards("Set/train/s_*.tar", REPO, progress=False)
+    assert got == [str(data_home() / name) for name in names]
+    assert "the hub did not answer" in caplog.text and "cannot be checked" in caplog.text
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    assert resolve_shards("Set/train/s_*.tar", REPO, progress=False) == got
+    assert server.paths("GET") == [f"/api/datasets/{REPO}/tree/main/Set/train"]  # no download
+    assert list((data_home() / REPO / ".xares/globs").glob("*.json"))
+
+
 def test_hub_404_fails_fast_naming_the_file(server, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     with pytest.raises(RemoteNotFoundError) as info:
@@ -355,19 +427,30 @@ def test_hub_server_error_is_retried(server, monkeypatch, no_backoff):
 
 
 def test_unreachable_hub_lists_every_missing_shard(monkeypatch, no_backoff):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    endpoint = closed_port_url()
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
     with pytest.raises(MissingShardError) as info:
         resolve_shards("ESC-50/train/f_{1..3}.tar", REPO, task="esc50", progress=False)
     err = info.value
     assert [m.shard for m in err.missing] == [f"ESC-50/train/f_{i}.tar" for i in (1, 2, 3)]
     text = str(err)
-    assert "no usable answer from" in text and f"127.0.0.1:{port}" in text
+    assert "no usable answer from" in text and endpoint in text
     assert "make data TASK=esc50" in text and "HF_ENDPOINT" in text
+
+
+def test_merged_error_gives_the_reason_of_the_remote_shards(tmp_path, monkeypatch, no_backoff):
+    """A local typo next to a hub dataset that cannot be reached: the network is the reason."""
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    datasets = [
+        {"shards": "typo/s_*.tar"},
+        {"shards": "ESC-50/train/f_1.tar", "repo_id": REPO},
+    ]
+    with pytest.raises(MissingShardError) as info:
+        prefetch(datasets, progress=False, task="esc50")
+    text = str(info.value)
+    assert [m.shard for m in info.value.missing] == ["typo/s_*.tar", "ESC-50/train/f_1.tar"]
+    assert "no usable answer from" in text and "offline mode" not in text
+    assert info.value.reason.startswith("no usable answer from")
 
 
 def test_offline_lists_every_missing_shard(server, monkeypatch):
@@ -396,18 +479,55 @@ def test_offline_lists_every_missing_shard(server, monkeypatch):
     assert server.requests == []
 
 
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
 def test_hf_token_only_for_the_hub(server, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     server.files[resolve_path("t.tar")] = b"tar"
     server.files["/plain/t.tar"] = b"tar"
+    server.files["/plain/u.tar"] = b"tar"
     resolve_shards("t.tar", REPO, progress=False)
     assert server.requests[-1][1] == resolve_path("t.tar")
     assert server.requests[-1][2].get("authorization") == "Bearer hf_secret"
 
+    # A plain URL on the hub's host is the hub's too (a file under /datasets/... written out).
     resolve_shards(server.url + "/plain/t.tar", progress=False)
     assert server.requests[-1][1] == "/plain/t.tar"
+    assert server.requests[-1][2].get("authorization") == "Bearer hf_secret"
+
+    # Any other host never sees the token.
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    resolve_shards(server.url + "/plain/u.tar", progress=False)
+    assert server.requests[-1][1] == "/plain/u.tar"
     assert "authorization" not in server.requests[-1][2]
+
+
+def test_refused_url_says_what_can_help(server, monkeypatch):
+    server.files["/locked.tar"] = b"x"
+    server.modes["/locked.tar"] = "forbidden"
+    url = server.url + "/locked.tar"
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    with pytest.raises(DownloadError, match="HTTP 403") as info:
+        download_file(url, Path("a/locked.tar"), progress=False)
+    assert "No credentials are sent to 127.0.0.1" in str(info.value)
+    assert "signed URL" in str(info.value) and "Set HF_TOKEN" not in str(info.value)
+
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    with pytest.raises(DownloadError, match="HF_TOKEN was sent; use a token that has access"):
+        download_file(url, Path("b/locked.tar"), progress=False)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", "/nonexistent/token")
+    with pytest.raises(DownloadError, match="Set HF_TOKEN to a token that has access"):
+        download_file(url, Path("c/locked.tar"), progress=False)
 
 
 def test_concurrent_downloads_share_one_transfer(server, monkeypatch):
@@ -473,6 +593,21 @@ def test_dropped_connection_resumes_with_range(server, no_backoff, monkeypatch):
     assert len(ranges) == 2 and ranges[0] is None
     assert re.fullmatch(r"bytes=(\d+)-", ranges[1]) and 0 < int(ranges[1][6:-1]) <= 3000
     assert sorted(os.listdir(".")) == [".a.tar.lock", "a.tar"]
+
+
+def test_killed_download_leaves_no_temporary_file_behind(server):
+    """A SIGKILL skips every cleanup; the next download of that file removes its leftovers."""
+    server.files["/k.tar"] = payload(3000, 8)
+    folder = Path("dl")
+    folder.mkdir()
+    stale = [folder / ".k.tar.x1y2z3.incomplete", folder / ".k.tar.abc_9.incomplete"]
+    for path in stale:
+        path.write_bytes(b"half a shard")
+    other = folder / ".kk.tar.q1.incomplete"  # another file's, maybe being written now
+    other.write_bytes(b"busy")
+    download_file(server.url + "/k.tar", folder / "k.tar", progress=False)
+    assert (folder / "k.tar").read_bytes() == payload(3000, 8)
+    assert sorted(p.name for p in folder.iterdir()) == [".k.tar.lock", other.name, "k.tar"]
 
 
 def test_url_404_fails_fast_with_the_url(server):

@@ -49,25 +49,39 @@ def _process_slot() -> tuple[int, int]:
 def own_slice(
     shards: Sequence[str], slot: int, slots: int
 ) -> tuple[list[str], Callable[[Iterator[dict]], Iterator[dict]]]:
-    """This reader's part of a training set: its shards, and a filter over their samples.
+    """This reader's part of a training set: the shards it walks, and a filter over their samples.
 
-    With at least as many shards as readers (DDP ranks x loader workers), each reader takes
-    every ``slots``-th shard. With fewer, every reader walks all shards and keeps every
-    ``slots``-th sample of each shard, counted within the shard so that the split stays
-    disjoint whatever order the shards are walked in.
+    Readers draw from their parts at the same rate, so a sample's rate is the inverse of the
+    size of the part that holds it: the parts must be equal for no clip to be over-sampled.
+    With ``n`` shards and ``slots`` readers, the first ``n - n % slots`` shards are dealt out
+    whole (every ``slots``-th to each reader); the ``n % slots`` left over are walked by every
+    reader, each keeping every ``slots``-th sample of such a shard, counted within the shard
+    so that the split stays disjoint whatever order the shards are walked in. With
+    equal-sized shards every reader then holds the same number of samples (within one per
+    leftover shard), and every sample is in exactly one part.
     """
-    if slots <= len(shards):
-        return list(shards[slot::slots]), lambda samples: samples
+    if slots <= 1:
+        return list(shards), lambda samples: samples
+    dealt = len(shards) - len(shards) % slots
+    owned = list(shards[slot:dealt:slots])
+    shared = list(shards[dealt:])
+    if not shared:
+        return owned, lambda samples: samples
+    # read_tar_samples tags each sample with the path it was given as `__url__`.
+    split = set(shared)
 
     def share(samples: Iterator[dict]) -> Iterator[dict]:
         position: Counter = Counter()
         for sample in samples:
             shard = sample.get("__url__")
+            if shard not in split:
+                yield sample
+                continue
             position[shard] += 1
             if (position[shard] - 1) % slots == slot:
                 yield sample
 
-    return list(shards), share
+    return owned + shared, share
 
 
 def crop(audio: torch.Tensor, max_samples: int, rng: random.Random | None) -> torch.Tensor:
@@ -118,13 +132,16 @@ class TrainMixture(IterableDataset):
         self, source: DatasetSource, rng: random.Random, slot: int = 0, slots: int = 1
     ) -> Iterator[Example]:
         own, share = own_slice(source.shards, slot, slots)
+        # A reader's part is a strict subset of the set when there are several readers.
+        whole = slots <= 1
         buffer: list[Example] = []
         passes = 0
         while True:
             shards = list(own)
             rng.shuffle(shards)
-            produced = 0
+            produced = read = 0
             for sample in share(read_tar_samples(shards, source.skips)):
+                read += 1
                 example = to_example(
                     sample,
                     task=source.name,
@@ -146,15 +163,34 @@ class TrainMixture(IterableDataset):
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append(item)
                         continue
-                    slot = rng.randrange(len(buffer))
-                    buffer[slot], item = item, buffer[slot]
+                    pick = rng.randrange(len(buffer))
+                    buffer[pick], item = item, buffer[pick]
                     yield item
             passes += 1
+            if produced == 0 and not whole:
+                # Raising on this reader alone would leave the other DDP ranks waiting for it
+                # at their next collective: this reader takes the whole set instead, and only
+                # a set with nothing usable anywhere is an error (on every reader alike).
+                log.warning(
+                    "training set %s: reader %d of %d got no usable sample from its part "
+                    "(%d sample(s) in %d of the set's %d shard(s); skipped so far: %s); it "
+                    "reads the whole set instead, so this reader repeats clips the others "
+                    "also train on",
+                    source.name,
+                    slot + 1,
+                    slots,
+                    read,
+                    len(own),
+                    len(source.shards),
+                    source.skips.summary() or "none",
+                )
+                own, share, whole = list(source.shards), (lambda samples: samples), True
+                continue
             if produced == 0:
-                share_note = f", reader {slot + 1} of {slots}" if slots > 1 else ""
+                reader = f", read whole by reader {slot + 1} of {slots}" if slots > 1 else ""
                 raise RuntimeError(
                     f"training set {source.name} yielded no usable samples from "
-                    f"{len(own)} shard(s){share_note} "
+                    f"{len(own)} shard(s){reader} "
                     f"({source.skips.summary() or 'empty shards'}); "
                     "check the shards and the label_key in the task file"
                 )

@@ -9,14 +9,17 @@ network once the cache is warm.
 The transfers themselves belong to ``huggingface_hub``: ``hf_hub_download`` for
 files in a dataset repository (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``,
 retries, the Xet transfer backend, copying from the user's HF cache) and its
-``http_get`` for plain URLs (retries and resuming after a dropped connection).
+``http_get`` for plain URLs (retries, and resuming after a connection dropped in
+the middle of a download; a download that was killed starts over in the next run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -34,7 +37,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import http_get
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -90,8 +93,14 @@ class MissingShardError(FileNotFoundError):
         cache: Path | None = None,
         reason: str | None = None,
     ) -> MissingShardError:
-        """The error for ``missing``; without ``reason``, why remote ones were not fetched."""
+        """The error for ``missing``; without ``reason``, why remote ones were not fetched.
+
+        A reason is kept only when remote shards are missing: local ones need no reason,
+        and a guessed one ("offline mode is on") would mislead ``merge``.
+        """
         missing = list(missing)
+        if not any(item.url for item in missing):
+            return cls(_missing_message(missing, "", task, cache), missing, None)
         if reason is None:
             if not download:
                 reason = "downloading is disabled (download=False)"
@@ -106,7 +115,16 @@ class MissingShardError(FileNotFoundError):
         """One error for several datasets' errors, so a user sees everything at once."""
         errors = list(errors)
         missing = [item for error in errors for item in error.missing]
-        reason = next((error.reason for error in errors if error.reason), None)
+        # Only an error with remote shards says why they were not fetched (errors built
+        # elsewhere may carry a reason with none).
+        reason = next(
+            (
+                error.reason
+                for error in errors
+                if error.reason and any(item.url for item in error.missing)
+            ),
+            None,
+        )
         return cls.build(missing, download=download, task=task, reason=reason)
 
 
@@ -146,6 +164,8 @@ class _Remote:
     filename: str = ""  # the path inside the repository
     local_dir: Path | None = None  # the repository's folder in the cache
     is_glob: bool = False  # filename is a pattern, listed from the hub when fetched
+    places: tuple[Path, ...] = ()  # folders with the repository's layout, read before fetching
+    on_disk: tuple[Path, ...] = ()  # a glob's matches on disk, used if the hub cannot be asked
 
     def as_missing(self) -> MissingShard:
         return MissingShard(self.shard, str(self.dest), self.url)
@@ -161,15 +181,17 @@ def expand_pattern(pattern: str) -> list[str]:
     """Expand shell-style braces: ``{000..012}``, ``{1..4}``, ``{a,b}``, ``{0..10..2}``.
 
     ``braceexpand`` follows bash (zero padding from the bounds as written, the
-    leftmost group varying slowest, ``{a}`` literal); an unbalanced brace is a
-    typo worth stopping for rather than a file name.
+    leftmost group varying slowest, ``{a}`` literal, a backslash escaping the next
+    character); an unbalanced or lone brace is a typo worth stopping for rather
+    than a file name.
     """
     try:
         return list(braceexpand.braceexpand(pattern))
     except braceexpand.UnbalancedBracesError as err:
         raise ValueError(
             f"shard pattern {pattern!r} has unbalanced braces; close every '{{' "
-            "(e.g. 'shard_{000..009}.tar') or drop it"
+            "(e.g. 'shard_{000..009}.tar'), or write a brace that is part of a file "
+            "name as '\\{' or '\\}'"
         ) from err
 
 
@@ -250,7 +272,8 @@ def resolve_shards(
     * a relative path with ``repo_id`` is looked up in ``root`` (if given), then
       in ``data_home()/<repo_id>/<path>``, then in ``data_home()/<path>``, and
       otherwise downloaded from the hub into ``data_home()/<repo_id>/<path>``; a
-      glob is answered from disk when it matches there, else listed on the hub;
+      glob is answered from disk once the hub's listing of it was fetched in full
+      (kept under ``<repo_id>/.xares/globs``), else listed on the hub and completed;
     * anything else is a local path or glob, relative to ``root`` or the cwd.
 
     Returns absolute paths in pattern order without duplicates. Raises
@@ -273,7 +296,7 @@ def resolve_shards(
     missing: list[MissingShard] = []
     for pattern in patterns:
         for shard in expand_pattern(os.fspath(pattern)):
-            for item in _plan(shard, repo_id, base, cache):
+            for item in _plan(shard, repo_id, base, cache, may_fetch):
                 if isinstance(item, MissingShard):
                     missing.append(item)
                 elif isinstance(item, _Remote) and not may_fetch:
@@ -301,7 +324,9 @@ def resolve_shards(
     return result
 
 
-def _plan(shard: str, repo_id: str | None, base: Path | None, cache: Path) -> list[_Planned]:
+def _plan(
+    shard: str, repo_id: str | None, base: Path | None, cache: Path, may_fetch: bool
+) -> list[_Planned]:
     if _URL_RE.match(shard):
         dest = _url_cache_path(shard, cache)
         return [dest if dest.is_file() else _Remote(shard, shard, dest)]
@@ -310,7 +335,7 @@ def _plan(shard: str, repo_id: str | None, base: Path | None, cache: Path) -> li
 
     as_path = Path(shard).expanduser()
     if repo_id and not as_path.is_absolute():
-        return _plan_hub(shard, repo_id, base, cache)
+        return _plan_hub(shard, repo_id, base, cache, may_fetch)
 
     full = as_path if as_path.is_absolute() else (base or Path.cwd()) / as_path
     full = Path(os.path.abspath(full))
@@ -321,7 +346,9 @@ def _plan(shard: str, repo_id: str | None, base: Path | None, cache: Path) -> li
     return [full] if full.is_file() else [MissingShard(shard, str(full))]
 
 
-def _plan_hub(shard: str, repo_id: str, base: Path | None, cache: Path) -> list[_Planned]:
+def _plan_hub(
+    shard: str, repo_id: str, base: Path | None, cache: Path, may_fetch: bool
+) -> list[_Planned]:
     parts = _safe_parts(shard, "repository path")
     filename = "/".join(parts)
     # Downloads go to <cache>/<repo_id>/<path>, the layout of
@@ -339,17 +366,113 @@ def _plan_hub(shard: str, repo_id: str, base: Path | None, cache: Path) -> list[
         filename=filename,
         local_dir=repo_dir,
         is_glob=bool(_GLOB_CHARS.search(shard)),
+        places=tuple(places),
     )
-    for where in places:
-        candidate = Path(os.path.abspath(where.joinpath(*parts)))
-        if remote.is_glob:
-            matches = sorted(glob.glob(str(candidate), recursive=True))
-            files = [Path(m) for m in matches if os.path.isfile(m)]
-            if files:
-                return list(files)
-        elif candidate.is_file():
-            return [candidate]
+    if remote.is_glob:
+        return _plan_hub_glob(remote, may_fetch)
+    found = _find(filename, remote.places)
+    return [found] if found is not None else [remote]
+
+
+def _plan_hub_glob(remote: _Remote, may_fetch: bool) -> list[_Planned]:
+    """A glob inside a repository: from disk only when what is there is known to be all of it.
+
+    A fetch interrupted after some of a glob's files leaves a subset on disk that a glob
+    would match silently; the listing written after a complete fetch tells the two apart.
+    """
+    listed = _read_listing(remote)
+    if listed is not None:
+        found = [_find(name, remote.places) for name in listed]
+        if all(found):
+            return found
+        if may_fetch:
+            return [remote]  # listed again: the repository may have changed since
+        return [
+            MissingShard(remote.shard, str(remote.local_dir.joinpath(*name.split("/"))), url)
+            for name, path in zip(listed, found)
+            if path is None
+            for url in [hub_url(remote.repo_id, name)]
+        ]
+    on_disk: list[Path] = []
+    for where in remote.places:
+        on_disk = _glob_files(Path(os.path.abspath(where.joinpath(*remote.filename.split("/")))))
+        if on_disk:
+            break
+    if may_fetch:
+        return [dataclasses.replace(remote, on_disk=tuple(on_disk))]
+    if on_disk:
+        _warn_unchecked(remote, on_disk, "the hub may not be asked (offline)")
+        return on_disk
     return [remote]
+
+
+def _warn_unchecked(remote: _Remote, on_disk: list[Path], why: str) -> None:
+    log.warning(
+        "%s: using the %d file(s) on disk that match it in %s; %s, so whether they are all "
+        "of the repository's matches cannot be checked (a fetch that was cut short leaves "
+        "a part). Resolve it once with network access to record the full listing.",
+        remote.shard,
+        len(on_disk),
+        remote.repo_id,
+        why,
+    )
+
+
+def _find(name: str, places: Iterable[Path]) -> Path | None:
+    """The first of ``places`` that holds the repository file ``name``."""
+    for where in places:
+        candidate = Path(os.path.abspath(where.joinpath(*name.split("/"))))
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _glob_files(pattern: Path) -> list[Path]:
+    return [Path(m) for m in sorted(glob.glob(str(pattern), recursive=True)) if os.path.isfile(m)]
+
+
+def _listing_path(remote: _Remote) -> Path:
+    digest = hashlib.sha1(remote.filename.encode()).hexdigest()
+    return remote.local_dir / ".xares" / "globs" / f"{digest}.json"
+
+
+def _read_listing(remote: _Remote) -> list[str] | None:
+    """The files the hub listed for ``remote``'s glob when it was last fetched in full."""
+    path = _listing_path(remote)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("ignoring the unreadable glob listing %s (%s)", path, err)
+        return None
+    if not isinstance(record, dict) or record.get("pattern") != remote.filename:
+        return None
+    files = record.get("files")
+    if not files or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return [_safe_name(name) for name in files]
+
+
+def _write_listing(remote: _Remote, names: list[str]) -> None:
+    path = _listing_path(remote)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"repo_id": remote.repo_id, "pattern": remote.filename, "files": names}
+    # Written to a temporary file and renamed, so a reader never finds half a listing.
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as tmp:
+        try:
+            json.dump(record, tmp, indent=1)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
+
+
+def _safe_name(name: str) -> str:
+    return "/".join(_safe_parts(name, "repository path"))
 
 
 def _missing_message(
@@ -396,25 +519,37 @@ class _QuietTqdm(tqdm):
 def _fetch(item: _Remote, progress: bool) -> list[Path]:
     if item.repo_id is None:
         return [download_file(item.url, item.dest, progress=progress)]
-    names = _list_hub(item) if item.is_glob else [item.filename]
-    tqdm_class = None if progress else _QuietTqdm
-    paths = []
-    for name in names:
-        dest = item.local_dir.joinpath(*name.split("/"))
-        with _claim(dest):
-            if not dest.is_file():  # another process may have finished it while we waited
-                with _hub_errors(item, name):
-                    hf_hub_download(
-                        item.repo_id,
-                        name,
-                        repo_type=REPO_TYPE,
-                        local_dir=item.local_dir,
-                        endpoint=hf_endpoint(),
-                        tqdm_class=tqdm_class,
-                    )
-                log.info("downloaded %s from %s", name, item.repo_id)
-        paths.append(dest)
+    if not item.is_glob:
+        return [_fetch_hub_file(item, item.filename, progress)]
+    try:
+        names = _list_hub(item)
+    except _Unreachable as err:
+        if not item.on_disk:
+            raise
+        # The same files an offline run would use (a manual full copy, most likely).
+        _warn_unchecked(item, list(item.on_disk), f"the hub did not answer ({err})")
+        return list(item.on_disk)
+    paths = [_find(name, item.places) or _fetch_hub_file(item, name, progress) for name in names]
+    _write_listing(item, names)
     return paths
+
+
+def _fetch_hub_file(item: _Remote, name: str, progress: bool) -> Path:
+    tqdm_class = None if progress else _QuietTqdm
+    dest = item.local_dir.joinpath(*name.split("/"))
+    with _claim(dest):
+        if not dest.is_file():  # another process may have finished it while we waited
+            with _hub_errors(item, name):
+                hf_hub_download(
+                    item.repo_id,
+                    name,
+                    repo_type=REPO_TYPE,
+                    local_dir=item.local_dir,
+                    endpoint=hf_endpoint(),
+                    tqdm_class=tqdm_class,
+                )
+            log.info("downloaded %s from %s", name, item.repo_id)
+    return dest
 
 
 def _list_hub(item: _Remote) -> list[str]:
@@ -469,12 +604,35 @@ def _hub_errors(item: _Remote, name: str) -> Iterator[None]:
             f"no usable answer from {hf_endpoint()}: {err.__cause__ or err}"
         ) from err
     except hf_errors.HfHubHTTPError as err:
-        raise _status_error(url, err) from err
+        raise _status_error(url, err, _REPO_ACCESS) from err
     except hf_errors.HTTPError as err:  # transport errors: refused, reset, timed out
         raise _Unreachable(f"no usable answer from {hf_endpoint()}: {err}") from err
 
 
-def _status_error(url: str, err: hf_errors.HfHubHTTPError) -> DownloadError:
+_REPO_ACCESS = "For a gated or private repository set HF_TOKEN to a token that has access."
+
+
+def _is_hub_host(url: str) -> bool:
+    """Whether ``url`` is served by the hub endpoint, the only host a token is meant for."""
+    return urllib.parse.urlsplit(url).netloc.lower() == (
+        urllib.parse.urlsplit(hf_endpoint()).netloc.lower()
+    )
+
+
+def _access_hint(url: str, token_sent: bool) -> str:
+    """What can get past a 401/403 for the plain URL ``url``."""
+    if not _is_hub_host(url):
+        return (
+            f"No credentials are sent to {urllib.parse.urlsplit(url).hostname} (HF_TOKEN goes "
+            f"to the hub, {hf_endpoint()}, only): use a URL that grants access by itself "
+            "(e.g. a signed URL), or download the file and list its local path instead."
+        )
+    if token_sent:
+        return "HF_TOKEN was sent; use a token that has access to this file."
+    return "Set HF_TOKEN to a token that has access to this file."
+
+
+def _status_error(url: str, err: hf_errors.HfHubHTTPError, access: str) -> DownloadError:
     status = err.response.status_code if err.response is not None else None
     if status in (404, 410):
         return RemoteNotFoundError(
@@ -484,12 +642,7 @@ def _status_error(url: str, err: hf_errors.HfHubHTTPError) -> DownloadError:
             status,
         )
     if status in (401, 403):
-        return DownloadError(
-            f"access to {url} was refused (HTTP {status}). For a gated or private "
-            "repository set HF_TOKEN to a token that has access.",
-            url,
-            status,
-        )
+        return DownloadError(f"access to {url} was refused (HTTP {status}). {access}", url, status)
     return DownloadError(
         f"downloading {url} failed with HTTP {status}; the server may be "
         "down or overloaded: run again later, or set HF_ENDPOINT to a mirror.",
@@ -504,16 +657,26 @@ def download_file(url: str, dest: str | Path, *, progress: bool = True) -> Path:
     ``huggingface_hub``'s ``http_get`` streams the body, retrying and resuming
     with a Range request after a dropped connection; it writes to a temporary
     file in the same folder that is renamed onto ``dest`` only once complete,
-    so ``dest`` never exists half-written. No token is sent: that is only for
-    the hub.
+    so ``dest`` never exists half-written. A download that was killed is not
+    resumed by the next run (nothing would tell whether the server's file changed
+    meanwhile): it starts over, and its temporary file is removed. The hub's token
+    (``HF_TOKEN``) is sent only when ``url`` is on the hub endpoint's host.
     """
     dest = Path(dest)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    token_sent = False
+    headers = None
+    if _is_hub_host(url):
+        headers = build_hf_headers()
+        token_sent = "authorization" in {key.lower() for key in headers}
     with _claim(dest):
         if dest.is_file():  # another process finished it while we waited
             return dest
+        # Holding the lock, no other process is writing one: these are left by a kill.
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.incomplete"):
+            stale.unlink(missing_ok=True)
         with tempfile.NamedTemporaryFile(
             dir=dest.parent, prefix=f".{dest.name}.", suffix=".incomplete", delete=False
         ) as tmp:
@@ -522,11 +685,12 @@ def download_file(url: str, dest: str | Path, *, progress: bool = True) -> Path:
                     http_get(
                         url,
                         tmp,
+                        headers=headers,
                         displayed_filename=dest.name,
                         tqdm_class=None if progress else _QuietTqdm,
                     )
                 except hf_errors.HfHubHTTPError as err:
-                    raise _status_error(url, err) from err
+                    raise _status_error(url, err, _access_hint(url, token_sent)) from err
                 except hf_errors.HTTPError as err:
                     raise _Unreachable(f"no usable answer from {url}: {err}", url) from err
                 except OSError as err:  # http_get's size check after a short body
