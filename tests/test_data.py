@@ -285,8 +285,7 @@ def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
     """
     dogs, cats = two_datasets
     seen = []
-    for slot in ((0, 2), (1, 2)):
-        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: slot)
+    for ranks in ((0, 2), (1, 2)):
         mixture = TrainMixture(
             [
                 DatasetSource("dogs", dogs, "label", "Which dog?"),
@@ -297,6 +296,9 @@ def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
             shuffle_buffer=4,
             seed=0,
         )
+        # DDP ranks as the datamodule records them in the main process: a loader worker
+        # started by spawn has no process group to ask.
+        mixture.ranks = ranks
         stream = iter(mixture)
         seen.append({key for _ in range(40) for key in next(stream)["keys"]})
     assert not seen[0] & seen[1]
@@ -347,7 +349,7 @@ def test_reader_with_an_empty_part_reads_the_whole_set(tmp_path, monkeypatch, ca
     shard = write_tar(tmp_path / "few.tar", members)
     keys = {}
     for slot in range(4):
-        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: (slot, 4))
+        monkeypatch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: (slot, 4))
         mixture = TrainMixture(
             [DatasetSource("few", [shard], "label", "P")],
             batch_size=1,
@@ -369,7 +371,7 @@ def test_reader_with_an_empty_part_reads_the_whole_set(tmp_path, monkeypatch, ca
 def test_set_without_usable_samples_fails_on_every_reader(tmp_path, monkeypatch):
     shard = write_tar(tmp_path / "bad.tar", sample("x", noise(0.1, 0), {"other": 1}))
     for slot in range(2):
-        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: (slot, 2))
+        monkeypatch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: (slot, 2))
         stream = iter(TrainMixture([DatasetSource("broken", [shard], "label", "P")], batch_size=1))
         match = rf"training set broken .* 1 shard\(s\), read whole by reader {slot + 1} of 2"
         with pytest.raises(RuntimeError, match=match):
@@ -471,10 +473,27 @@ def test_eval_set_yields_every_sample_once_with_all_references(eval_shards):
 def test_eval_set_splits_across_slots(eval_shards, monkeypatch):
     halves = []
     for slot in ((0, 2), (1, 2)):
-        monkeypatch.setattr(mixing, "_process_slot", lambda slot=slot: slot)
+        monkeypatch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: slot)
         halves.append(set(read_eval(eval_shards, batch_size=3, sort_buffer=4)))
     assert halves[0] and halves[1]
     assert not halves[0] & halves[1]
+    assert halves[0] | halves[1] == {f"ev_{i:04d}" for i in range(14)}
+
+
+def test_ranks_recorded_in_the_main_process_reach_spawned_workers(eval_shards):
+    """A worker started by spawn (forkserver is Python 3.14's default) has no process group:
+    the rank the datamodule records before the workers start is what splits the data."""
+    from torch.utils.data import DataLoader
+
+    halves = []
+    for ranks in ((0, 2), (1, 2)):
+        dataset = EvalSet(DatasetSource("ev", eval_shards, "label", "P"), batch_size=3)
+        dataset.ranks = ranks
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn"
+        )
+        halves.append({key for batch in loader for key in batch["keys"]})
+    assert halves[0] and halves[1] and not halves[0] & halves[1]
     assert halves[0] | halves[1] == {f"ev_{i:04d}" for i in range(14)}
 
 

@@ -163,7 +163,7 @@ def test_dropped_samples_reach_the_scorer_with_their_reasons(tmp_path):
     for slot in ((0, 2), (1, 2)):
         source = DatasetSource("eval_t", [shard], "label", "P")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(mixing, "_process_slot", lambda slot=slot: slot)
+            patch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: slot)
             _, part, _ = read(EvalSet(source, batch_size=4))
         total += part
     assert total == dropped

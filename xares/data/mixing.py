@@ -36,10 +36,16 @@ class DatasetSource:
         self.skips = SkipCounter(self.name)
 
 
-def _process_slot() -> tuple[int, int]:
-    """(index, count) of this data-reading process across DDP ranks and loader workers."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def _process_slot(ranks: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(index, count) of this data-reading process across DDP ranks and loader workers.
+
+    ``ranks`` is (rank, world size) as the main process saw them. A loader worker started
+    by spawn or forkserver (the default start method from Python 3.14) has no process
+    group of its own, so asking ``torch.distributed`` there would put every rank on the
+    same part of the data.
+    """
+    rank, world = ranks or (0, 1)
+    if ranks is None and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     info = get_worker_info()
     worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -127,6 +133,7 @@ class TrainMixture(IterableDataset):
         self.sort_buffer = max(sort_buffer, batch_size)
         self.seed = seed
         self.offset = 0  # set on resume so a continued run does not replay the same samples
+        self.ranks: tuple[int, int] | None = None  # (rank, world size), set by the datamodule
 
     def _examples(
         self, source: DatasetSource, rng: random.Random, slot: int = 0, slots: int = 1
@@ -198,7 +205,7 @@ class TrainMixture(IterableDataset):
                 log.warning("%s: skipped %s in one pass", source.name, source.skips.summary())
 
     def __iter__(self) -> Iterator[dict]:
-        slot, slots = _process_slot()
+        slot, slots = _process_slot(self.ranks)
         rng = random.Random(f"{self.seed}-{slot}-{self.offset}")
         streams = [
             self._examples(s, random.Random(rng.random()), slot, slots) for s in self.sources
@@ -246,9 +253,10 @@ class EvalSet(IterableDataset):
         self.max_samples = int(max_seconds * sample_rate) if max_seconds else 0
         self.sort_buffer = max(sort_buffer, batch_size)
         self.limit = limit
+        self.ranks: tuple[int, int] | None = None  # (rank, world size), set by the datamodule
 
     def __iter__(self) -> Iterator[dict]:
-        slot, slots = _process_slot()
+        slot, slots = _process_slot(self.ranks)
         source = self.source
         # Every reader walks every shard; only the first counts broken shards, once.
         shard_skips = source.skips if slot == 0 else SkipCounter(source.name)

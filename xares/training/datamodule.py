@@ -142,6 +142,11 @@ class TaskDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
+    def _ranks(self) -> tuple[int, int] | None:
+        """(rank, world size) read here, in the main process, for the loader workers."""
+        trainer = self.trainer
+        return None if trainer is None else (trainer.global_rank, trainer.world_size)
+
     def _loader(self, dataset) -> DataLoader:
         return DataLoader(
             dataset,
@@ -169,6 +174,7 @@ class TaskDataModule(pl.LightningDataModule):
         )
         if self.trainer is not None:
             mixture.offset = self.trainer.global_step
+        mixture.ranks = self._ranks()
         return self._loader(mixture)
 
     def test_dataloader(self) -> DataLoader:
@@ -192,4 +198,6 @@ class TaskDataModule(pl.LightningDataModule):
                     digest=self.digest,
                 )
             )
+        for eval_set in sets:
+            eval_set.ranks = self._ranks()
         return self._loader(EvalSuite(sets))
