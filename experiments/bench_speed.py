@@ -185,14 +185,7 @@ def time_training(args, setting: str, device: torch.device) -> dict[str, Any]:
         started = time.perf_counter()
         data = to_device(next(batches), device)
         waited += time.perf_counter() - started
-        loss = model(
-            data["audio"],
-            data["audio_mask"],
-            data["prompts"],
-            data["targets"],
-            text=data,
-            clip_ids=data.get("clip_ids"),
-        )
+        loss = model.batch_loss(data)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -250,14 +243,7 @@ def time_generation(args, setting: str, device: torch.device, batch: int) -> dic
         answers = []
         for data in batches:
             data = to_device(data, device)
-            answers += model.generate(
-                data["audio"],
-                data["audio_mask"],
-                data["prompts"],
-                text=data,
-                clip_ids=data.get("clip_ids"),
-                **settings,
-            )
+            answers += model.batch_answers(data, **settings)
         sync(device)
         return answers
 

@@ -328,7 +328,29 @@ class AudioLLM(nn.Module):
         target_labels = torch.where(scored, text["target_ids"], IGNORE_INDEX)
         return self._loss(inputs, mask, positions, slots, target_labels)
 
+    def batch_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """:meth:`forward` on a batch as :func:`xares.data.collate.collate` makes it."""
+        return self(
+            batch["audio"],
+            batch["audio_mask"],
+            batch["prompts"],
+            batch["targets"],
+            text=batch,
+            clip_ids=batch.get("clip_ids"),
+        )
+
     # ------------------------------------------------------------------ generation
+    def batch_answers(self, batch: Mapping[str, Any], **overrides: Any) -> list[str]:
+        """:meth:`generate` on a batch as :func:`xares.data.collate.collate` makes it."""
+        return self.generate(
+            batch["audio"],
+            batch["audio_mask"],
+            batch["prompts"],
+            text=batch,
+            clip_ids=batch.get("clip_ids"),
+            **overrides,
+        )
+
     @torch.no_grad()
     def generate(
         self,

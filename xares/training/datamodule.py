@@ -198,6 +198,7 @@ class TaskDataModule(pl.LightningDataModule):
                     digest=self.digest,
                 )
             )
+        ranks = self._ranks()
         for eval_set in sets:
-            eval_set.ranks = self._ranks()
+            eval_set.ranks = ranks
         return self._loader(EvalSuite(sets))

@@ -77,14 +77,7 @@ class AudioLLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
-        loss = self.model(
-            batch["audio"],
-            batch["audio_mask"],
-            batch["prompts"],
-            batch["targets"],
-            text=batch,
-            clip_ids=batch.get("clip_ids"),
-        )
+        loss = self.model.batch_loss(batch)
         if not torch.isfinite(loss):
             self._bad_steps += 1
             log.warning(
@@ -138,13 +131,7 @@ class AudioLLMModule(pl.LightningModule):
             self._dropped[task].update(counts)
         if not batch["keys"]:
             return
-        predictions = self.model.generate(
-            batch["audio"],
-            batch["audio_mask"],
-            batch["prompts"],
-            text=batch,
-            clip_ids=batch.get("clip_ids"),
-        )
+        predictions = self.model.batch_answers(batch)
         for key, task, prompt, prediction, refs in zip(
             batch["keys"], batch["tasks"], batch["prompts"], predictions, batch["references"]
         ):
@@ -194,7 +181,7 @@ class AudioLLMModule(pl.LightningModule):
                     "%s: %d test sample(s) dropped (%s); scored %d clip(s)",
                     name,
                     sum(result["dropped"].values()),
-                    ", ".join(f"{n} {why}" for why, n in result["dropped"].items()),
+                    _describe(result["dropped"]),
                     len(items),
                 )
             if not predictions:
