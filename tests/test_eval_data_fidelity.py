@@ -178,8 +178,8 @@ def test_a_reader_with_only_dropped_samples_still_reports_them(tmp_path):
 class EchoModel:
     """Stands in for the AudioLLM: answers every clip with "dog"."""
 
-    def generate(self, audio, mask, prompts, **kwargs):
-        return ["dog"] * len(prompts)
+    def batch_answers(self, batch, **overrides):
+        return ["dog"] * len(batch["prompts"])
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
