@@ -236,6 +236,42 @@ def two_datasets(tmp_path_factory):
     return dogs, cats
 
 
+@pytest.fixture(scope="module")
+def short_and_long(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lengths")
+    short = make_dataset(root, "short", 1, 16, lambda i: {"label": "s"}, seconds=(0.05, 0.1))
+    long = make_dataset(root, "long", 1, 16, lambda i: {"label": "l"}, seconds=(0.5, 0.6), seed=50)
+    return short, long
+
+
+@pytest.mark.parametrize(("batch_size", "sort_buffer"), [(4, 128), (6, 128), (3, 8), (5, 8)])
+def test_mixture_shares_follow_prob_whatever_the_batch_and_sort_buffer(
+    short_and_long, batch_size, sort_buffer
+):
+    """The clips left over when a sorted buffer is cut into batches are the longest ones:
+    dropping them under-trained long-clip datasets (a long share of 0.23 at 5 / 8)."""
+    short, long = short_and_long
+    mixture = TrainMixture(
+        [
+            DatasetSource("short", short, "label", "P", prob=1.0),
+            DatasetSource("long", long, "label", "P", prob=1.0),
+        ],
+        batch_size=batch_size,
+        sort_buffer=sort_buffer,
+        shuffle_buffer=8,
+        seed=3,
+    )
+    stream = iter(mixture)
+    tasks = Counter()
+    for _ in range(3000 // batch_size):
+        batch = next(stream)
+        assert len(batch["tasks"]) == batch_size
+        tasks.update(batch["tasks"])
+    share = tasks["long"] / sum(tasks.values())
+    # About 3 000 draws at p = 0.5: one standard error is 0.009.
+    assert abs(share - 0.5) < 0.04, (share, tasks)
+
+
 def test_mixture_follows_probabilities_in_full_length_sorted_batches(two_datasets):
     dogs, cats = two_datasets
     mixture = TrainMixture(

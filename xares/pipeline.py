@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds.*")
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 # The frozen encoder is in eval mode by design (see AudioLLM.train).

@@ -216,10 +216,15 @@ class TrainMixture(IterableDataset):
             (choice,) = rng.choices(indices, weights=self.weights)
             buffer.append(next(streams[choice]))
             if len(buffer) >= self.sort_buffer:
+                # The short batch of a sorted buffer holds its longest clips: dropping it would
+                # under-sample long-clip datasets against their prob, so it starts the next one.
+                carry: list[Example] = []
                 for batch in length_buckets(buffer, self.batch_size, rng):
                     if len(batch) == self.batch_size:
                         yield collate(batch, text=self.text, digest=self.digest)
-                buffer = []
+                    else:
+                        carry = batch
+                buffer = carry
 
 
 class EvalSet(IterableDataset):

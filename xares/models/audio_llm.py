@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from xares.encoders.contract import normalise_output
 from xares.models.speed import Compiled, Speed
@@ -378,13 +379,33 @@ class AudioLLM(nn.Module):
         settings.update(self.generation)
         settings.update(self.speed.generate_settings())
         settings.update(overrides)
+        processors = _repetition_penalty(settings)
         output = self.decoder.generate(
             inputs_embeds=inputs,
             attention_mask=attention,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=processors,
             **settings,
         )
         return [
             text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)
         ]
+
+
+def _repetition_penalty(settings: dict[str, Any]) -> LogitsProcessorList:
+    """The repetition penalty over every generated token of every row.
+
+    Given ``repetition_penalty``, transformers skips the first ``p`` generated tokens of a row
+    whose attention mask starts with ``p`` zeros (it takes them for prompt padding), so a
+    left-padded row was penalised later than the same clip alone, and answers depended on
+    the batch and the bucket. With ``inputs_embeds`` the ids it penalises are the generated
+    ones only; the challenge's masks start with the audio frames, so it penalises them all.
+    Sets it to 1.0 so that ``generate`` adds no processor of its own, also where the decoder's
+    generation config has a penalty of its own.
+    """
+    penalty = settings.get("repetition_penalty")
+    settings["repetition_penalty"] = 1.0
+    if penalty is None or float(penalty) == 1.0:
+        return LogitsProcessorList()
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty))])
