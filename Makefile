@@ -37,7 +37,9 @@ $(UV):
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	@$(MAKE) --no-print-directory check-lock
-	$(UV) sync --locked --python $(PYTHON) $(UV_EXTRAS)
+	@# Bytecode compiled once here: uv does not by default (pip does), and where
+	@# PYTHONDONTWRITEBYTECODE is set every process would compile torch and lightning anew.
+	$(UV) sync --locked --compile-bytecode --python $(PYTHON) $(UV_EXTRAS)
 	@rm -f $(VENV)/.xares-installed*
 	@$(PY) -c "import xares" # stops with one clear message if torch and torchaudio do not load together
 	@touch $(STAMP)

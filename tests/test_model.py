@@ -244,20 +244,54 @@ def perturbed_model() -> AudioLLM:
     return model.eval()
 
 
-def test_generation_is_batch_size_invariant(perturbed_model):
-    model = perturbed_model
-    generator = torch.Generator().manual_seed(2)
-    lengths = [16000, 9000, 12345, 4000]
-    # MelEncoder's STFT pads a clip's end by reflection, so a clip alone and the same clip
-    # zero-padded in a batch differ in their last frames (and, through them, the per-clip
-    # normalisation). Each clip here ends in 0.05 s of silence, where reflection and zero
-    # padding agree, so the encoder is padding-invariant and only the model's batching is tested.
+def silence_ended_clips(
+    seed: int, lengths: list[int]
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Noise clips that end in 0.05 s of silence, alone and zero-padded into one batch.
+
+    MelEncoder's STFT pads a clip's end by reflection, so a clip alone and the same clip
+    zero-padded in a batch differ in their last frames (and, through them, the per-clip
+    normalisation). In silence reflection and zero padding agree, so the encoder is
+    padding-invariant and only the model's batching is tested.
+    """
+    generator = torch.Generator().manual_seed(seed)
     clips = [
         torch.cat([torch.randn(n - 800, generator=generator) * 0.1, torch.zeros(800)])
         for n in lengths
     ]
+    return (clips, *padded(clips))
+
+
+def alone_batched_and_bucketed(model, clips, audio, mask, prompts, settings, bucket):
+    """Answers for each clip alone, for all of them in one batch, and each alone in a bucket."""
+    batched = model.generate(audio, mask, prompts, **settings)
+    single = [
+        model.generate(
+            clip[None], torch.ones(1, clip.shape[0], dtype=torch.long), [prompt], **settings
+        )[0]
+        for clip, prompt in zip(clips, prompts)
+    ]
+    # Padded to a fixed bucket, as the compiled fast path pads every row.
+    speed = model.speed
+    shaped, buckets = speed.shaped, speed.buckets
+    speed.shaped, speed.buckets = True, [bucket]
+    try:
+        bucketed = [
+            model.generate(
+                clip[None], torch.ones(1, clip.shape[0], dtype=torch.long), [prompt], **settings
+            )[0]
+            for clip, prompt in zip(clips, prompts)
+        ]
+    finally:
+        speed.shaped, speed.buckets = shaped, buckets
+    return single, batched, bucketed
+
+
+def test_generation_is_batch_size_invariant(perturbed_model):
+    model = perturbed_model
+    lengths = [16000, 9000, 12345, 4000]
+    clips, audio, mask = silence_ended_clips(2, lengths)
     prompts = ["Name the pitch.", "What?", "Describe the sound in detail.", "Hi"]
-    audio, mask = padded(clips)
 
     batch_frames, batch_mask = model.encode(audio, mask)
     for row, clip in enumerate(clips):
@@ -272,29 +306,29 @@ def test_generation_is_batch_size_invariant(perturbed_model):
     # skipped it for as many generated tokens as a left-padded row had padding slots.
     for penalty in (1.0, 1.05, 3.0):
         settings = {"max_new_tokens": 8, "repetition_penalty": penalty}
-        batched = model.generate(audio, mask, prompts, **settings)
-        single = [
-            model.generate(
-                audio[row : row + 1, :n], mask[row : row + 1, :n], [prompts[row]], **settings
-            )[0]
-            for row, n in enumerate(lengths)
-        ]
+        single, batched, bucketed = alone_batched_and_bucketed(
+            model, clips, audio, mask, prompts, settings, bucket=256
+        )
         assert batched == single
-        assert len(set(batched)) == len(batched) and all(batched)
-        # Padded to a fixed bucket, as the compiled fast path pads every row.
-        speed = model.speed
-        shaped, buckets = speed.shaped, speed.buckets
-        speed.shaped, speed.buckets = True, [256]
-        try:
-            bucketed = [
-                model.generate(
-                    audio[row : row + 1, :n], mask[row : row + 1, :n], [prompts[row]], **settings
-                )[0]
-                for row, n in enumerate(lengths)
-            ]
-        finally:
-            speed.shaped, speed.buckets = shaped, buckets
         assert bucketed == single
+        assert len(set(batched)) == len(batched) and all(batched)
+
+
+@pytest.mark.slow
+def test_bundled_decoder_answers_do_not_depend_on_batch_or_bucket(make_cfg):
+    """The real SmolLM2-135M at the protocol's penalty: one clip alone, in a batch of clips of
+    other lengths, and padded to a bucket must give the same text."""
+    torch.manual_seed(0)
+    model = build_model(make_cfg("llm=smollm2_135m_gguf", "encoder=mel")).eval()
+    clips, audio, mask = silence_ended_clips(5, [32000, 12000, 20000, 6400])
+    prompts = ["What sound is this?"] * 2 + ["Describe the audio.", "Which instrument plays?"]
+    settings = {"max_new_tokens": 24, "repetition_penalty": 1.05}
+    single, batched, bucketed = alone_batched_and_bucketed(
+        model, clips, audio, mask, prompts, settings, bucket=512
+    )
+    assert batched == single
+    assert bucketed == single
+    assert all(single)
 
 
 # ---------------------------------------------------------------------------- projectors
