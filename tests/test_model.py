@@ -328,7 +328,7 @@ def test_bundled_decoder_answers_do_not_depend_on_batch_or_bucket(make_cfg):
     )
     assert batched == single
     assert bucketed == single
-    assert all(single)
+    assert len({answer for answer in single if answer}) >= 3  # real text, not all alike
 
 
 # ---------------------------------------------------------------------------- projectors
