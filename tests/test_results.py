@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_a_tracker_failure_is_logged_and_the_run_keeps_its_result(
 
     monkeypatch.setattr("xares.pipeline.log_final_scores", refuse)
     summary = train(make_cfg(*UNTRAINED))
-    assert summary["overall"] is not None
+    assert math.isfinite(summary["overall"])  # summarise gives NaN, never None, when unscored
     assert json.loads((tmp_path / "run" / "scores.json").read_text())["overall"] is not None
     assert "could not be logged to the experiment tracker (RuntimeError: tracker service" in (
         caplog.text
