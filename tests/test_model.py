@@ -264,24 +264,23 @@ def silence_ended_clips(
 
 def alone_batched_and_bucketed(model, clips, audio, mask, prompts, settings, bucket):
     """Answers for each clip alone, for all of them in one batch, and each alone in a bucket."""
-    batched = model.generate(audio, mask, prompts, **settings)
-    single = [
-        model.generate(
-            clip[None], torch.ones(1, clip.shape[0], dtype=torch.long), [prompt], **settings
-        )[0]
-        for clip, prompt in zip(clips, prompts)
-    ]
-    # Padded to a fixed bucket, as the compiled fast path pads every row.
-    speed = model.speed
-    shaped, buckets = speed.shaped, speed.buckets
-    speed.shaped, speed.buckets = True, [bucket]
-    try:
-        bucketed = [
+
+    def each_alone():
+        return [
             model.generate(
                 clip[None], torch.ones(1, clip.shape[0], dtype=torch.long), [prompt], **settings
             )[0]
             for clip, prompt in zip(clips, prompts)
         ]
+
+    batched = model.generate(audio, mask, prompts, **settings)
+    single = each_alone()
+    # Padded to a fixed bucket, as the compiled fast path pads every row.
+    speed = model.speed
+    shaped, buckets = speed.shaped, speed.buckets
+    speed.shaped, speed.buckets = True, [bucket]
+    try:
+        bucketed = each_alone()
     finally:
         speed.shaped, speed.buckets = shaped, buckets
     return single, batched, bucketed
