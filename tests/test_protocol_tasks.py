@@ -26,7 +26,7 @@ from xares.training.datamodule import TaskDataModule
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 PROTOCOL = yaml.safe_load(
-    (ROOT / "experiments" / "protocol" / "xares_llm_protocol.yaml").read_text(encoding="utf-8")
+    (ROOT / "xares" / "protocol" / "xares_llm_protocol.yaml").read_text(encoding="utf-8")
 )
 DATASETS: dict[str, dict[str, Any]] = PROTOCOL["datasets"]
 MIXTURES = {k: v for k, v in PROTOCOL["mixtures"].items() if isinstance(v, dict)}

@@ -151,6 +151,8 @@ def test_bucket_lengths():
     "settings, message",
     [
         (dict(decoder_dtype="fp8"), "decoder_dtype"),
+        (dict(numerics="bf16"), "numerics"),
+        (dict(matmul_precision="tf32"), "matmul_precision"),
         (dict(logits="some"), "logits"),
         (dict(compile="yes"), "compile"),
         (dict(generate_cache="paged"), "generate_cache"),
@@ -234,6 +236,41 @@ def test_speed_options_compose(make_cfg):
     assert reference.speed.logits == "full" and reference.speed.compile is False
     assert reference.trainer.deterministic is True and reference.trainer.precision == "32-true"
     assert reference.speed.feature_cache.enabled is False
+
+
+@pytest.mark.parametrize(
+    "overrides, dtype, matmul",
+    [
+        (["task=task1"], torch.float32, "highest"),
+        (["task=esc-50"], torch.float32, "highest"),
+        (["task=all", "speed=reference"], torch.float32, "highest"),
+        (["task=task1", "speed=turbo"], torch.bfloat16, "high"),
+        (["task=mini"], torch.bfloat16, "high"),
+        (["task=mini", "speed.numerics=protocol"], torch.float32, "highest"),
+        (["task=task2", "speed.decoder_dtype=bfloat16"], torch.bfloat16, "highest"),
+    ],
+)
+def test_challenge_tasks_keep_the_protocols_fp32_on_a_gpu(
+    make_cfg, monkeypatch, overrides, dtype, matmul
+):
+    """Resolved for a CUDA device (bf16-capable) without one: what a GPU run would get."""
+    from xares.models.build import build_speed
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    before = torch.get_float32_matmul_precision()
+    cfg = make_cfg("encoder=mel", *overrides)
+    try:
+        resolved = build_speed(cfg).resolve("cuda")
+        assert resolved["decoder_dtype"] == dtype
+        assert resolved["matmul_precision"] == matmul == torch.get_float32_matmul_precision()
+        # The overhead-only switches stay on either way.
+        fast = "speed=reference" not in overrides
+        assert resolved["compile"] is fast
+        assert resolved["generate_cache"] == ("static" if fast else "dynamic")
+        # A CPU is plain fp32 whatever the task.
+        assert build_speed(cfg).resolve("cpu")["matmul_precision"] == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_fused_adamw_only_where_it_runs(make_cfg):

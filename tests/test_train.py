@@ -49,6 +49,12 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
     scores = json.loads((run / "scores.json").read_text())
     assert [t["task"] for t in scores["tasks"]] == ["eval_pitch", "eval_melody"]
     assert scores["tasks"][0]["clips"] == 16
+    # The smoke task is no challenge task, and its batch of 8 is not the protocol's 4.
+    verdict = scores["comparability"]
+    assert verdict["comparable"] is False
+    codes = {r["code"] for r in verdict["reasons"]}
+    assert {"task", "decoder", "batch", "eval_limit"} <= codes
+    assert "decoder_dtype" not in codes  # fp32 on a CPU
 
     for task in ("eval_pitch", "eval_melody"):
         with open(run / f"predictions_{task}.csv") as f:
@@ -79,6 +85,15 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
     assert keys and all(".projector." in k or "lora_" in k for k in keys)
     assert ckpt["xares_config"]["encoder"]["_target_"].endswith("MelEncoder")
     assert ckpt["global_step"] == 120
+    assert ckpt["xares_training"] == {
+        "device": "cpu",
+        "decoder_dtype": "float32",
+        "matmul_precision": "highest",
+        "precision": "32-true",
+        "world_size": 1,
+        "accumulate_grad_batches": 1,
+        "steps": 120,
+    }
 
     # Re-scoring the checkpoint without training gives the same scores.
     eval_cfg = make_cfg(
@@ -86,6 +101,10 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
     )
     again = evaluate(eval_cfg)
     assert abs(again["overall"] - summary["overall"]) < 1e-6
+    # The re-scoring judges the model by how it was trained (the checkpoint's record) too.
+    assert again["comparability"]["reasons"] == summary["comparability"]["reasons"], again[
+        "comparability"
+    ]["reasons"]
     assert (tmp_path / "eval" / "scores.tsv").is_file()
 
 

@@ -19,6 +19,7 @@ from xares import report, run_info
 from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
+from xares.protocol.comparability import verdict
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
@@ -172,6 +173,15 @@ def evaluate_and_report(
     meter = Efficiency.of(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = report.summarise(module.results, meter.summary(started, trainer))
+    # A debug run that reads only some test batches leaves sets unread on purpose.
+    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
+    summary["comparability"] = verdict(
+        module.config,
+        training=module.training_record,
+        evaluation=module.evaluation_record,
+        summary=summary,
+        limited_test=cut_short,
+    )
     if not trainer.is_global_zero:
         return summary
     if run is not None:
@@ -189,8 +199,6 @@ def evaluate_and_report(
         publish_scores(trainer.loggers, summary)
     print(f"\nscores written to {out}/scores.tsv", flush=True)
     empty = [t for t in summary["tasks"] if not t["clips"]]
-    # A debug run that reads only some test batches leaves sets unread on purpose.
-    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
     if empty:
         described = "; ".join(f"{t['task']}: {t['note']}" for t in empty)
         if cut_short:

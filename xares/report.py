@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xares.protocol.comparability import format_verdict
+
 log = logging.getLogger(__name__)
 
 
@@ -102,7 +104,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
         if t.get("dropped")
     ]
     efficiency = format_efficiency(summary["efficiency"]) if summary.get("efficiency") else []
-    return "\n".join([_render(header, lines, footer), *notes, *efficiency])
+    verdict = ["", format_verdict(summary["comparability"])] if "comparability" in summary else []
+    return "\n".join([_render(header, lines, footer), *notes, *efficiency, *verdict])
 
 
 def _count(n: int) -> str:

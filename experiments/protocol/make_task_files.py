@@ -3,7 +3,7 @@
     python experiments/protocol/make_task_files.py           # rewrite the files
     python experiments/protocol/make_task_files.py --check   # list the files that differ
 
-Each protocol fact has one home, ``xares_llm_protocol.yaml`` beside this script: shards,
+Each protocol fact has one home, ``xares/protocol/xares_llm_protocol.yaml``: shards,
 label keys, prompts, metrics and their arguments, batch sizes, budgets, tracks and mixture
 weights. This script renders it as the 20 dataset files and the three mixtures (``task1``,
 ``task2``, ``all``) that Hydra composes; ``tests/test_task_files.py`` checks that the
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-PROTOCOL_FILE = HERE / "xares_llm_protocol.yaml"
+PROTOCOL_FILE = HERE.parent.parent / "xares" / "protocol" / "xares_llm_protocol.yaml"
 TASK_DIR = HERE.parent.parent / "conf" / "task"
 PROTOCOL_LLM = "smollm2_135m"
 WIDTH = 92

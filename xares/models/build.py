@@ -12,6 +12,7 @@ from xares.encoders.cache import FeatureCache, encoder_fingerprint
 from xares.encoders.contract import check_encoder
 from xares.models.audio_llm import AudioLLM
 from xares.models.speed import DTYPES, Speed
+from xares.protocol import is_challenge_task
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ def build_feature_cache(encoder, cfg: DictConfig) -> FeatureCache | None:
     )
 
 
+def build_speed(cfg: DictConfig) -> Speed:
+    """The run's speed settings; on a challenge task, ``auto`` numerics are the protocol's."""
+    task = (cfg.get("task") or {}).get("name")
+    return Speed.from_config(_plain(cfg.get("speed")), challenge=is_challenge_task(task))
+
+
 def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
     """Encoder (contract-checked before anything else is built) → projector → LoRA decoder."""
     encoder = instantiate(cfg.encoder, _convert_="all")
@@ -58,7 +65,7 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
         lora=_plain(cfg.llm.get("lora")),
         generation=_plain(cfg.get("generation")),
         pack=bool(cfg.get("model", {}).get("pack", False)),
-        speed=Speed.from_config(_plain(cfg.get("speed"))),
+        speed=build_speed(cfg),
         feature_cache=build_feature_cache(encoder, cfg),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

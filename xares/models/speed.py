@@ -1,10 +1,14 @@
 """How the model runs: the GPU fast path and the reference's numerics, one switch per optimisation.
 
-None of these settings changes what is computed, only how: the frozen decoder's dtype, which
-positions go through the vocabulary projection, whether right padding needs a mask, fixed
-padded lengths so compiled graphs are reused, ``torch.compile``, and a static KV cache for
-generation. ``conf/speed/fast.yaml`` turns them on where they pay (``auto`` = on a CUDA
-device); ``conf/speed/reference.yaml`` reproduces the protocol's fp32 eager computation.
+Two kinds of settings. ``numerics`` (with ``decoder_dtype`` and ``matmul_precision``) decides
+what is computed: on a challenge task ``auto`` keeps the protocol's fp32 weights and fp32
+matmuls (no TF32), so scores stay comparable with the challenge's; elsewhere, and with
+``speed=turbo``, a GPU holds the frozen decoder in bf16 and multiplies in TF32. Everything else
+changes only how: which positions go through the vocabulary projection, whether right padding
+needs a mask, fixed padded lengths so compiled graphs are reused, ``torch.compile``, and a
+static KV cache for generation. ``conf/speed/fast.yaml`` turns those on where they pay
+(``auto`` = on a CUDA device); ``conf/speed/reference.yaml`` reproduces the reference's eager
+computation step by step.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch.set_float32_matmul_precision: highest is plain fp32; high lets a GPU use TF32.
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def _on_cuda(device: torch.device | str) -> bool:
@@ -39,7 +45,11 @@ class Speed:
     The defaults are plain eager execution, which is what a model built outside a run gets.
     """
 
-    decoder_dtype: str = "float32"  # float32 | bfloat16 | auto: bf16 on a CUDA device with it
+    # protocol: fp32 weights and matmuls | fast: bf16 decoder + TF32 on a GPU | auto: protocol
+    # on a challenge task (``challenge``), fast elsewhere
+    numerics: str = "protocol"
+    decoder_dtype: str = "auto"  # float32 | bfloat16 | auto: as ``numerics`` says
+    matmul_precision: str = "auto"  # highest (no TF32) | high | medium | auto: as ``numerics``
     logits: str = "targets"  # targets: project target positions only | full: every position
     causal_train: bool = False  # train right-padded batches without a padding mask
     compile: bool | str = False  # torch.compile the decoder step: true | false | auto (CUDA)
@@ -48,13 +58,17 @@ class Speed:
     buckets: Sequence[int] | None = None  # padded sequence lengths while compiled
     text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
     generate_cache: str = "dynamic"  # dynamic | static | auto: static on CUDA
+    # The run's task is a challenge task: ``auto`` numerics are then the protocol's.
+    challenge: bool = False
     # Set by resolve(); until then a model runs eager with a dynamic cache.
     shaped: bool = field(default=False, init=False)
     compiled: bool = field(default=False, init=False)
     resolved_cache: str = field(default="dynamic", init=False)
 
     def __post_init__(self):
+        _choice(self.numerics, "numerics", ["auto", "protocol", "fast"])
         _choice(self.decoder_dtype, "decoder_dtype", [*DTYPES, "auto"])
+        _choice(self.matmul_precision, "matmul_precision", [*MATMUL_PRECISIONS, "auto"])
         _choice(self.logits, "logits", ["targets", "full"])
         _choice(self.compile, "compile", [True, False, "auto"])
         _choice(self.generate_cache, "generate_cache", ["dynamic", "static", "auto"])
@@ -65,25 +79,39 @@ class Speed:
             raise ValueError(f"speed.text_multiple must be >= 1, got {self.text_multiple}")
 
     @classmethod
-    def from_config(cls, node: Any) -> Speed:
-        """From the ``speed`` config node (a mapping); unknown keys are an error."""
+    def from_config(cls, node: Any, challenge: bool = False) -> Speed:
+        """From the ``speed`` config node (a mapping); unknown keys are an error.
+
+        ``challenge``: the run's task is one whose scores the challenge publishes
+        (:func:`xares.protocol.is_challenge_task`).
+        """
         if node is None:
-            return cls()
+            return cls(challenge=challenge)
         settings = dict(node)
-        known = {f.name for f in fields(cls) if f.init}
+        known = {f.name for f in fields(cls) if f.init} - {"challenge"}
         # Read elsewhere: by the feature cache, the optimiser and the test loaders.
         others = {"feature_cache", "fused_optimizer", "eval_batch_size"}
         unknown = sorted(set(settings) - known - others)
         if unknown:
             raise ValueError(f"unknown speed settings {unknown}; known: {sorted(known | others)}")
-        return cls(**{k: v for k, v in settings.items() if k in known})
+        return cls(**{k: v for k, v in settings.items() if k in known}, challenge=challenge)
+
+    @property
+    def faithful(self) -> bool:
+        """The protocol's numerics: fp32 decoder weights and fp32 matmuls."""
+        return self.numerics == "protocol" or (self.numerics == "auto" and self.challenge)
 
     def resolve(self, device: torch.device | str) -> dict[str, Any]:
         cuda = _on_cuda(device)
         dtype_name = self.decoder_dtype
         if dtype_name == "auto":
-            supported = cuda and torch.cuda.is_bf16_supported()
-            dtype_name = "bfloat16" if supported else "float32"
+            fast = not self.faithful and cuda and torch.cuda.is_bf16_supported()
+            dtype_name = "bfloat16" if fast else "float32"
+        matmul = self.matmul_precision
+        if matmul == "auto":
+            matmul = "high" if cuda and not self.faithful else "highest"
+        # Global in torch, as Lightning and the reference set it; the run sets it once here.
+        torch.set_float32_matmul_precision(matmul)
         compiled = cuda if self.compile == "auto" else bool(self.compile)
         # Fixed lengths only pay when a compiled graph can be reused; eager runs pad least.
         self.shaped = compiled and bool(self.buckets)
@@ -100,6 +128,7 @@ class Speed:
         return {
             "device": str(device),
             "decoder_dtype": DTYPES[dtype_name],
+            "matmul_precision": matmul,
             "logits": self.logits,
             "causal_train": self.causal_train,
             "compile": compiled,

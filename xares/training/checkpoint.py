@@ -203,6 +203,7 @@ def load_trainable(module: AudioLLMModule, ckpt_path: str, checkpoint: dict | No
             f"with encoder {saved_encoder} and this run builds {now_encoder}"
         )
     module.load_state_dict({k: state[k] for k in expected}, strict=False)
+    module.load_training_record(checkpoint)
     log.info(
         "loaded %d trainable tensors from %s (step %s)",
         len(expected),

@@ -75,6 +75,12 @@ def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
         run.summary[f"track/{track}"] = value
     run.summary["overall"] = summary["overall"]
     run.summary["partial"] = summary["partial"]
+    verdict = summary.get("comparability")
+    if verdict is not None:
+        # Filterable in the W&B project: comparable runs, and why the others are not.
+        run.summary["comparable"] = bool(verdict["comparable"])
+        run.summary["comparability_reasons"] = [r["code"] for r in verdict["reasons"]]
+        run.config.update({"xares_comparability": verdict}, allow_val_change=True)
     info = summary.get("run")
     if info:
         # W&B refuses tags over 64 characters: a custom encoder's path is tagged by its file.

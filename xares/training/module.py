@@ -15,10 +15,27 @@ import torch
 from xares.data.task_spec import eval_defaults
 from xares.metrics import MetricUnavailableError, build_metric
 from xares.models.audio_llm import AudioLLM
+from xares.protocol.comparability import merge_records
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 10
+UNRECORDED = (
+    "the checkpoint predates the record of how it was trained (numerics, processes, batch): "
+    "its comparability cannot be checked; train it again to know"
+)
+
+
+def phase_record(trainer: pl.Trainer, speed: Mapping[str, Any]) -> dict[str, Any]:
+    """How a phase (training or evaluation) ran, in the terms the comparability verdict reads."""
+    return {
+        "device": torch.device(speed.get("device") or "cpu").type,
+        "decoder_dtype": str(speed.get("decoder_dtype", torch.float32)).removeprefix("torch."),
+        "matmul_precision": speed.get("matmul_precision") or torch.get_float32_matmul_precision(),
+        "precision": str(trainer.precision),
+        "world_size": int(trainer.world_size),
+        "accumulate_grad_batches": int(trainer.accumulate_grad_batches),
+    }
 
 
 def build_optimizer(
@@ -63,6 +80,11 @@ class AudioLLMModule(pl.LightningModule):
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._dropped: dict[str, Counter] = defaultdict(Counter)
         self.results: list[dict[str, Any]] = []
+        # How the model was trained (None: not trained) and how its answers were generated,
+        # for the comparability verdict; the training record travels with the checkpoints.
+        self.training_record: dict[str, Any] | None = None
+        self.evaluation_record: dict[str, Any] | None = None
+        self._resumed_record: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ speed
     def setup(self, stage: str) -> None:
@@ -117,10 +139,35 @@ class AudioLLMModule(pl.LightningModule):
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
         return {k: v for k, v in full.items() if k in keep}
 
+    def on_train_start(self) -> None:
+        current = phase_record(self.trainer, self.model.resolved_speed)
+        self.training_record = merge_records(self._resumed_record, current)
+
+    def on_train_end(self) -> None:
+        if self.training_record is not None:
+            self.training_record["steps"] = int(self.global_step)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["xares_config"] = self.config
+        if self.training_record is not None:
+            checkpoint["xares_training"] = {**self.training_record, "steps": int(self.global_step)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed fit: what the first part ran with is merged into the record at its start.
+        self._resumed_record = checkpoint.get("xares_training") or {"unknown": UNRECORDED}
+
+    def load_training_record(self, checkpoint: Mapping[str, Any]) -> None:
+        """The record of a checkpoint whose weights are scored without training here."""
+        record = checkpoint.get("xares_training")
+        if record is None:
+            self.training_record = {"unknown": UNRECORDED}
+        else:
+            self.training_record = {**record, "steps": checkpoint.get("global_step")}
 
     # ------------------------------------------------------------------ evaluation
+    def on_test_start(self) -> None:
+        self.evaluation_record = phase_record(self.trainer, self.model.resolved_speed)
+
     def on_test_epoch_start(self) -> None:
         self._rows = defaultdict(list)
         self._dropped = defaultdict(Counter)
