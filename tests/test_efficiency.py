@@ -106,6 +106,7 @@ def test_trained_run_reports_its_efficiency(make_cfg, tmp_path, encoder_args, ca
             f"ckpt_path={tmp_path / 'run'}",
             "data.eval_limit=8",
             "+generation.max_new_tokens=6",
+            "reuse_scores=false",  # the run's own answers would serve; generate them again
             config_name="eval",
             output_dir=tmp_path / "eval",
         )

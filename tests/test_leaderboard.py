@@ -11,11 +11,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import matplotlib.image
+import numpy as np
 import pytest
 import yaml
+from markupsafe import escape
 
 from xares import plots, report
-from xares.leaderboard import build, published_baselines
+from xares.leaderboard import ChallengeScoring, build, challenge_results, published_baselines
 from xares.report import collect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +33,7 @@ ENCODERS = {
     "encoders/my_whisper.py": (0.55, 39_000_000, 38_000.0),
 }
 SEEDS = {"dasheng": (42, 43, 44)}
+MARK_BACKGROUND = (0xFF, 0xF1, 0xE5)  # .mark in leaderboard.html.j2
 
 
 def eval_sets(mixture: str) -> list[dict]:
@@ -45,7 +49,32 @@ def eval_sets(mixture: str) -> list[dict]:
     return sets
 
 
-def write_run(run_dir: Path, encoder: str, mixture: str, seed: int, legacy: bool = False):
+COMPARABLE = {
+    "comparable": True,
+    "against": "the XARES-LLM challenge's public results",
+    "reasons": [],
+}
+BF16 = {"code": "decoder_dtype", "text": "frozen decoder in bfloat16 (protocol: float32)"}
+LIMIT = {
+    "code": "eval_limit",
+    "text": "data.eval_limit=64: only the first 64 clips of each test set",
+}
+
+
+def not_comparable(*reasons: dict) -> dict:
+    return {**COMPARABLE, "comparable": False, "reasons": list(reasons)}
+
+
+def write_run(
+    run_dir: Path,
+    encoder: str,
+    mixture: str,
+    seed: int,
+    legacy: bool = False,
+    comparability: dict | None = COMPARABLE,
+):
+    """A run's score files as xares writes them; ``legacy``: from before the run block (and the
+    comparability verdict) existed."""
     quality, parameters, seconds = ENCODERS[encoder]
     rng = random.Random(f"{encoder}{mixture}{seed}")
     results = []
@@ -79,10 +108,21 @@ def write_run(run_dir: Path, encoder: str, mixture: str, seed: int, legacy: bool
             "config_hash": f"{encoder}-{mixture}-hash",
             "model_hash": f"{encoder}-model",
         }
+        if comparability is not None:
+            summary["comparability"] = comparability
     name = ("custom" if encoder.endswith(".py") else encoder) + f"__{mixture}"
     if legacy:
         name = f"wavlm__{mixture}"  # what the run's name says, the only label an old file has
     report.write_reports(run_dir, results, run_name=name, summary=summary)
+
+
+def run_of(outputs: Path, encoder: str, task: str) -> Path:
+    """The run directory of the (single-seed) run of ``encoder`` on ``task``."""
+    return next(
+        Path(r["run_dir"])
+        for r in collect([outputs])
+        if r["encoder"] == encoder and r["task_name"] == task
+    )
 
 
 @pytest.fixture
@@ -174,10 +214,10 @@ def test_report_writes_markdown_html_and_plots(sweep, tmp_path, capsys):
             by_encoder.setdefault(run["encoder"], []).append(score)
     best = max(sum(scores) / len(scores) for scores in by_encoder.values())
     assert f"{best:.3f}" in cells.best_texts
-    # One highlighted cell per column (published baselines compete too): no more, no fewer.
+    # One highlighted cell per column, a run's (reference rows never compete): no more, no fewer.
     board = build(collect([sweep]))
     assert sorted(cells.best_texts) == sorted(f"{v:.3f}" for v in board.best.values())
-    assert board.best["track:task2"] > 0.435  # the runs here beat whisper_base's published rows
+    assert all(w.kind == "run" for winners in board.winners.values() for w in winners)
     assert "published baselines" in html and "XARES-LLM" in html
     assert html.count("data:image/png;base64,") == 2  # plots embedded: one file opens offline
     assert "<link" not in html and "<script" not in html
@@ -254,6 +294,7 @@ def test_published_baselines_match_the_readme():
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_the_page_renders_in_a_headless_browser(sweep, tmp_path):
+    edit_run(run_of(sweep, "beats", "task1"), comparability=not_comparable(BF16))
     out = tmp_path / "report"
     report.main([str(sweep), "--out", str(out)])
     shot = tmp_path / "page.png"
@@ -277,16 +318,32 @@ def test_the_page_renders_in_a_headless_browser(sweep, tmp_path):
         timeout=120,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # The marks are drawn: beats' ≠1 and the old file's ?, in the label column (and the
+    # legend below it), as badges of their own colour.
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    badge = np.all(np.abs(pixels - np.array(MARK_BACKGROUND) / 255) < 1.5 / 255, axis=-1)
+    _, xs = np.nonzero(badge)
+    assert badge.sum() > 100 and xs.min() < 300, "no comparability mark on the rendered page"
 
 
-def edit_run(run_dir: Path, run: dict | None = None, unscored: tuple[str, ...] = ()) -> None:
-    """Change a written scores.json: entries of its run block, and test sets left unscored."""
+def edit_run(
+    run_dir: Path,
+    run: dict | None = None,
+    unscored: tuple[str, ...] = (),
+    scores: dict[str, float] | None = None,
+    comparability: dict | None = None,
+) -> None:
+    """Change a written scores.json: entries of its run block, test sets left unscored or given
+    other scores, its comparability verdict."""
     path = run_dir / "scores.json"
     summary = json.loads(path.read_text())
     summary["run"] = {**summary.get("run", {}), **(run or {})}
     for task in summary["tasks"]:
         if task["task"] in unscored:
             task["score"] = None
+        task["score"] = (scores or {}).get(task["task"], task["score"])
+    if comparability is not None:
+        summary["comparability"] = comparability
     path.write_text(json.dumps(summary))
 
 
@@ -341,7 +398,7 @@ def test_a_cell_that_not_every_seed_scored_says_so(tmp_path):
     assert row.seeds == 3 and row.cells["task:eval_esc-50"].n == 1
     # Per-seed means over different test sets are not comparable: no spread, marked partial,
     # the weighted mean of the per-test-set means.
-    overall = row.cells["overall"]
+    overall = row.cells["track:task1"]  # one track: its mean is the summary
     assert overall.partial and overall.spread is None
     runs = collect([outputs])
     per_task = []
@@ -356,27 +413,35 @@ def test_a_cell_that_not_every_seed_scored_says_so(tmp_path):
     report.write_leaderboard(runs, out)
     md = (out / "leaderboard.md").read_text()
     line = next(line for line in md.splitlines() if line.startswith("| dasheng | 3 |"))
-    assert f"{esc50(first):.3f}" in line and "(n=1)" in line and line.endswith("‡ |")
+    assert f"{esc50(first):.3f}" in line and "(n=1)" in line
+    assert line.split(" | ")[2].endswith("‡")  # the track mean, first after the seeds
     assert "‡ partial: some seed has no score" in md
     html = (out / "leaderboard.html").read_text()
     assert " n=1</span>" in html and "‡ partial" in html
 
 
-def test_published_track_means_are_the_overall_of_a_one_track_report(tmp_path):
+def test_published_track_means_head_a_one_track_report_and_never_win(tmp_path):
     outputs = tmp_path / "outputs"
     dasheng_seeds(outputs)
     board = build(collect([outputs]))
+    # One track: its mean is the headline, there is no cross-track overall.
+    assert [c.key for c in board.columns][0] == "track:task1"
+    assert "overall" not in {c.key for c in board.columns}
     published = {r.label: r for r in board.references}
-    assert published["dasheng_base (published)"].cells["overall"].mean == 0.614
-    assert published["whisper_base (published)"].cells["overall"].mean == 0.652
-    # The plot's panel holds the overall, so the published rows have a bar there.
+    assert published["dasheng_base (published)"].cells["track:task1"].mean == 0.614
+    assert published["whisper_base (published)"].cells["track:task1"].mean == 0.652
+    # The plot's panel ends with the track mean, so the published rows have a bar there.
     ((_, columns),) = plots.panels(board)
-    assert [c.key for c in columns][-1] == "overall"
+    assert [c.key for c in columns][-1] == "track:task1"
     out = tmp_path / "report"
     report.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     whisper = next(line for line in md.splitlines() if line.startswith("| *whisper_base"))
-    assert whisper.endswith("| **0.652** |")  # the best overall: published beats the runs
+    # Higher than the runs' mean, yet reference rows are there to compare with, not to win.
+    assert whisper.startswith("| *whisper_base (published)* | | 0.652 |")
+    (dasheng,) = board.rows
+    assert board.best["track:task1"] == dasheng.cells["track:task1"].mean < 0.652
+    assert "**" not in whisper
 
 
 def test_links_are_url_encoded_and_markdown_cells_escaped(tmp_path):
@@ -405,3 +470,176 @@ def test_rows_without_run_metadata_are_told_apart_by_their_folders(tmp_path):
         write_run(outputs / "wavlm__task2" / day, "mel", "task2", 42, legacy=True)
     labels = sorted(r.label for r in build(collect([outputs])).rows)
     assert labels == ["wavlm #2025-01-01_00-00-00_3", "wavlm #2025-01-02_00-00-00_4"]
+
+
+def md_line(md: str, start: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(start))
+
+
+def test_a_run_not_comparable_is_marked_and_its_reasons_listed(sweep, tmp_path):
+    # beats in bfloat16 on both tracks; mel in bfloat16 and on 64 clips for task1, on 64 clips
+    # for task2: its row takes the union of the reasons, each once.
+    edit_run(run_of(sweep, "beats", "task1"), comparability=not_comparable(BF16))
+    edit_run(run_of(sweep, "beats", "task2"), comparability=not_comparable(BF16))
+    edit_run(run_of(sweep, "mel", "task1"), comparability=not_comparable(BF16, LIMIT))
+    edit_run(run_of(sweep, "mel", "task2"), comparability=not_comparable(LIMIT))
+    board = build(collect([sweep]))
+    rows = {r.label: r for r in board.rows}
+    assert rows["beats"].comparability.reasons == [BF16["text"]]
+    mel = rows["mel"].comparability.reasons
+    assert sorted(mel) == sorted([BF16["text"], LIMIT["text"]])
+    assert rows["dasheng"].comparability.comparable and not rows["dasheng"].marks
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([sweep]), out)
+
+    md = (out / "leaderboard.md").read_text()
+    assert md_line(md, "| beats ≠1 | 1 |") and md_line(md, "| mel ≠2 | 1 |")
+    against = "not comparable with the XARES-LLM challenge's public results"
+    assert f"≠1 {against}: {BF16['text']}.\n" in md
+    assert f"≠2 {against}: {'; '.join(mel)}.\n" in md
+    assert md.count(LIMIT["text"]) == 1
+
+    html = (out / "leaderboard.html").read_text()
+    assert '>beats <span class="mark">≠1</span></td>' in html
+    assert f'<span class="mark">≠2</span>{escape(against)}: {"; ".join(mel)}.' in html
+
+
+def test_a_run_not_comparable_never_wins_against_a_comparable_one(tmp_path):
+    outputs = tmp_path / "outputs"
+    # dasheng scores higher than mel everywhere, but in bfloat16; mel runs the protocol.
+    write_run(outputs / "dasheng2", "dasheng", "task2", 1, comparability=not_comparable(BF16))
+    write_run(outputs / "mel2", "mel", "task2", 1)
+    write_run(outputs / "dasheng1", "dasheng", "task1", 1, comparability=not_comparable(BF16))
+    board = build(collect([outputs]))
+    dasheng, mel = (next(r for r in board.rows if r.label == name) for name in ("dasheng", "mel"))
+    assert dasheng.cells["track:task2"].mean > mel.cells["track:task2"].mean
+    for column in board.columns:
+        if column.track == "task2":
+            assert board.winners[column.key] == [mel], column.key
+    # No comparable run has task1: the best of the others wins there, and says what it is.
+    assert board.winners["track:task1"] == [dasheng]
+
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    md = (out / "leaderboard.md").read_text()
+    dasheng_line = md_line(md, "| dasheng ≠1 | 1 |")
+    task1 = f"{dasheng.cells['track:task1'].mean:.3f}"
+    task2 = f"{dasheng.cells['track:task2'].mean:.3f}"
+    assert f"| **{task1}** ≠1 |" in dasheng_line and f"| {task2} |" in dasheng_line
+    assert f"| **{mel.cells['track:task2'].mean:.3f}** |" in md_line(md, "| mel | 1 |")
+    cells = TableCells()
+    cells.feed((out / "leaderboard.html").read_text())
+    assert task1 in cells.best_texts and task2 not in cells.best_texts
+
+
+def test_a_file_from_before_the_verdict_is_marked_not_checked(tmp_path):
+    outputs = tmp_path / "outputs"
+    write_run(outputs / "old", "mel", "task2", 1, comparability=None)
+    # One seed checked and comparable, one not checked: the row is not known to be comparable.
+    write_run(outputs / "new0", "whisper_base", "task2", 0)
+    write_run(outputs / "new1", "whisper_base", "task2", 1, comparability=None)
+    board = build(collect([outputs]))
+    rows = {r.label: r for r in board.rows}
+    assert rows["mel"].marks == ["?"] and rows["whisper_base"].marks == ["?"]
+    assert rows["whisper_base"].comparability.unchecked == 1
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    md = (out / "leaderboard.md").read_text()
+    assert md_line(md, "| mel ? | 1 |")
+    assert "? not checked: a scores.json written before runs carried a comparability verdict" in md
+    assert "`python -m xares.evaluate ckpt_path=RUN_DIR`" in md
+    html = (out / "leaderboard.html").read_text()
+    assert '<span class="mark">?</span>not checked:' in html
+    assert "≠" not in md  # no reasons to list
+
+
+def test_the_results_page_entries_are_reference_rows_with_their_source(sweep, tmp_path):
+    data = challenge_results()
+    assert data["source"]["repository"] == "DataoceanAI/Interspeech2026-Audio-Encoder-Challenge"
+    assert data["source"]["file"] == "docs/result.html"
+    assert re.fullmatch(r"[0-9a-f]{40}", data["source"]["commit"])
+    board = build(collect([sweep]))
+    entries = {r.label: r for r in board.references if r.kind == "reference"}
+    assert len(entries) == len(data["entries"]) == 23
+    thuvoice = entries["THUVoice (challenge)"]
+    assert thuvoice.cells["track:task1"].mean == 0.8527
+    assert thuvoice.cells["track:task2"].mean == 0.7014
+    assert thuvoice.cells["task:eval_clotho"].mean == 0.4789
+    assert "overall" not in thuvoice.cells  # the challenge never combines its tracks
+    # Ranked by track as the page ranks Track A, and never a column's best.
+    track_a = [r.cells["track:task1"].mean for r in entries.values()]
+    assert track_a == sorted(track_a, reverse=True)
+    assert not any(board.is_best(r, c) for r in board.references for c in board.columns)
+
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([sweep]), out)
+    md = (out / "leaderboard.md").read_text()
+    assert md_line(md, "| *THUVoice (challenge)* | | 0.853 | 0.701 |")
+    assert f"*(challenge)*: {data['source']['text']}." in md
+    html = (out / "leaderboard.html").read_text()
+    assert '<tr class="reference">' in html and "docs/result.html at 7f3023c" in html
+
+
+def test_the_published_public_results_are_the_mean_of_the_per_task_scores():
+    """The results page's "Public test result" of a track is the plain mean of the per-task
+    scores it prints (to its 4 decimals), for every entry and both tracks: no weights, and no
+    normalisation beyond what the per-task numbers already carry."""
+    entries = challenge_results()["entries"]
+    for track in ("task1", "task2"):
+        sets = {s["task"] for s in eval_sets(track)}
+        for team, entry in entries.items():
+            scores = [v for t, v in entry["tasks"].items() if t in sets]
+            assert len(scores) == len(sets), (team, track)  # the page's names are xares' names
+            mean = sum(scores) / len(scores)
+            assert abs(mean - entry["tracks"][track]) <= 0.5e-4 + 1e-9, (team, track, mean)
+
+
+def test_the_challenge_normalises_by_each_metric_s_possible_range(tmp_path):
+    scoring = ChallengeScoring.from_data(challenge_results())
+    assert scoring.normalise("FENSE", -0.2) == pytest.approx(0.4)
+    assert scoring.normalise("FENSE", 0.5) == pytest.approx(0.75)
+    for metric in ("Accuracy", "mAP", "iWER", "iCER", "DATE"):
+        assert scoring.normalise(metric, 0.37) == pytest.approx(0.37)
+    with pytest.raises(KeyError, match="no worst and best possible value of 'TokenF1'"):
+        scoring.normalise("TokenF1", 0.5)
+    assert scoring.weights is None  # none published: equal weights
+
+    outputs = tmp_path / "outputs"
+    run_dir = outputs / "run"
+    write_run(run_dir, "mel", "task2", 1)
+    raw = {
+        "eval_aishell-1": 0.30,
+        "eval_clotho": -0.20,
+        "eval_librispeech": 0.50,
+        "eval_mecat": 0.40,
+        "eval_songdescriber": 0.10,
+    }
+    edit_run(run_dir, scores=raw)
+    board = build(collect([outputs]))
+    (row,) = board.rows
+    # (0.30 + (-0.20 + 1) / 2 + 0.50 + 0.40 + (0.10 + 1) / 2) / 5
+    assert row.cells["normalised:task2"].mean == pytest.approx((0.3 + 0.4 + 0.5 + 0.4 + 0.55) / 5)
+    assert row.cells["track:task2"].mean == pytest.approx(sum(raw.values()) / 5)
+    # Shown where it differs from the raw mean: Track B (FENSE), not Track A (all in [0, 1]).
+    kinds = {c.key: c.kind for c in board.columns}
+    assert kinds["normalised:task2"] == "normalised"
+    write_run(tmp_path / "task1" / "run", "mel", "task1", 1)
+    task1 = build(collect([tmp_path / "task1"]))
+    assert [c.key for c in task1.columns if c.kind != "task"] == ["track:task1"]
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    md = (out / "leaderboard.md").read_text()
+    assert "task2 normalised (Track B)" in md.splitlines()[4]
+    assert "with equal weights (the challenge publishes none)" in md
+    assert "FENSE: −1 to 1" in md
+
+
+def test_the_terminal_leaderboard_names_why_a_run_is_not_comparable(tmp_path):
+    outputs = tmp_path / "outputs"
+    write_run(outputs / "a", "dasheng", "task2", 1, comparability=not_comparable(BF16, LIMIT))
+    write_run(outputs / "b", "mel", "task2", 1)
+    write_run(outputs / "c", "beats", "task2", 1, legacy=True)
+    header = report.leaderboard(collect([outputs])).splitlines()[1]  # the run labels
+    assert "dasheng (a, seed 1, NOT comparable: decoder_dtype, eval_limit)" in header
+    assert "mel (b, seed 1)" in header
+    assert "beats (c, name from folder, comparability not checked)" in header

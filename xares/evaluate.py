@@ -19,6 +19,7 @@ from xares.pipeline import (
     build_module,
     build_trainer,
     evaluate_and_report,
+    model_run_dir,
     output_dir,
     prepare_task,
 )
@@ -133,6 +134,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                     trained_seed=checkpoint["xares_config"].get("seed"),
                     identity=scored_identity(checkpoint["xares_config"], run_cfg),
                 ),
+                model_dir=model_run_dir(ckpt_path, out),
+                reuse=bool(cfg.get("reuse_scores", True)),
             )
         finally:
             finish_wandb()

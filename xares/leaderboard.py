@@ -12,6 +12,14 @@ Runs are read from the ``run`` block of their ``scores.json`` (:mod:`xares.run_i
   (``<encoder>__<task>``), never merged with other runs, and marked as such.
 
 Track means and the overall are weighted means over a row's test sets, as in ``scores.json``.
+The challenge ranks each track on its own, so the track means lead the table; where its
+normalised score (:class:`ChallengeScoring`) differs from a track's raw mean, it stands beside
+it. The cross-track overall is xares' own summary.
+
+A row whose runs are not all comparable with the challenge's public results (the
+``comparability`` block of ``scores.json``) is marked, its reasons in a footnote, and never
+wins a column against a comparable row. Reference rows (the published baselines and the
+entries of the challenge's results page) are shown for comparison and never win a column.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import yaml
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 BASELINES = ASSETS / "published_baselines.yaml"
+CHALLENGE = ASSETS / "challenge_results.yaml"
 SPREAD = "sample standard deviation over seeds"
 FROM_FOLDER = "scores.json without run metadata: encoder and task read from the run's folder name"
 PARTIAL = (
@@ -39,6 +48,16 @@ PARTIAL = (
     "be over different test sets; shown is the weighted mean of the per-test-set means, without "
     "spread"
 )
+AGAINST = "the XARES-LLM challenge's public results"
+NOT_COMPARABLE_MARK = "≠"
+NOT_CHECKED_MARK = "?"
+NOT_CHECKED = (
+    "not checked: a scores.json written before runs carried a comparability verdict; re-score "
+    "the run with `python -m xares.evaluate ckpt_path=RUN_DIR` to check it"
+)
+# What a reference row's label ends with, by its kind.
+SUFFIX = {"baseline": "(published)", "reference": "(challenge)"}
+NO_REASON = "not comparable (its scores.json gives no reason)"
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +86,98 @@ class Cell:
         return statistics.stdev(self.values) if self.n > 1 else None
 
 
+@dataclass(frozen=True)
+class ChallengeScoring:
+    """How the challenge turns a track's raw scores into its result (its README).
+
+    Each test set's score M becomes (M - worst) / (best - worst), by the worst and best
+    possible values of its metric, so a metric that can be negative (FENSE) counts on the same
+    footing as one in [0, 1]; a track's result is the weighted mean of those, with equal weights
+    where the challenge publishes none.
+    """
+
+    ranges: Mapping[str, tuple[float, float]]
+    weights: Mapping[str, float] | None = None  # per test set; None: none published
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ChallengeScoring:
+        scoring = data.get("scoring") or {}
+        ranges = {}
+        for metric, bounds in (scoring.get("ranges") or {}).items():
+            worst, best = (float(b) for b in bounds)
+            if not best > worst:
+                raise ValueError(
+                    f"the range of {metric} must be [worst, best] with best > worst, not {bounds}"
+                )
+            ranges[metric] = (worst, best)
+        return cls(ranges, scoring.get("weights"))
+
+    def normalise(self, metric: str, score: float) -> float:
+        if metric not in self.ranges:
+            raise KeyError(
+                f"no worst and best possible value of {metric!r}: the challenge's metrics are "
+                f"{', '.join(self.ranges)}"
+            )
+        worst, best = self.ranges[metric]
+        return (score - worst) / (best - worst)
+
+    def weight(self, task: str) -> float:
+        if self.weights is None:
+            return 1.0
+        if task not in self.weights:
+            raise KeyError(f"the challenge's weights give none for {task}")
+        return float(self.weights[task])
+
+    def covers(self, tests: Iterable[Mapping[str, Any]]) -> bool:
+        return all(t["metric"] in self.ranges for t in tests)
+
+    def differs(self, tests: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the challenge's score of these test sets (``task``, ``metric``, ``weight``
+        as in scores.json) can differ from their raw weighted mean: a metric's range is not
+        [0, 1], or the challenge weighs the sets otherwise."""
+        if any(self.ranges[t["metric"]] != (0.0, 1.0) for t in tests):
+            return True
+        ours = np.array([float(t["weight"]) for t in tests])
+        theirs = np.array([self.weight(t["task"]) for t in tests])
+        return not np.allclose(ours / ours.sum(), theirs / theirs.sum())
+
+    def mean(self, scores: Iterable[tuple[Mapping[str, Any], float]]) -> float:
+        """The challenge's score of (test set, raw score) pairs."""
+        return _weighted_mean(
+            {"score": self.normalise(t["metric"], score), "weight": self.weight(t["task"])}
+            for t, score in scores
+        )
+
+
 @dataclass
 class Column:
     key: str
     title: str
     track: str
-    kind: str  # "task", "track" (a track's mean) or "overall"
+    # "task", "track" (a track's mean), "normalised" (a track's score as the challenge
+    # normalises it) or "overall"
+    kind: str
     metric: str = ""
+    subtitle: str = ""  # the challenge's name of a track ("Track A")
+
+
+@dataclass
+class Comparability:
+    """Whether a row's runs are comparable with the challenge's public results."""
+
+    reasons: list[str] = field(default_factory=list)  # of every run, each text once
+    unchecked: int = 0  # runs whose scores.json predates the verdict
+    against: str = AGAINST
+
+    @property
+    def comparable(self) -> bool:
+        return not self.reasons and not self.unchecked
 
 
 @dataclass
 class Row:
     label: str
-    kind: str  # "run", "baseline" or "chance"
+    kind: str  # "run", "baseline" (published baselines), "reference" (results page), "chance"
     cells: dict[str, Cell]
     detail: str = ""
     from_folder: bool = False
@@ -87,6 +185,13 @@ class Row:
     coverage: int = 0
     parameters: int | None = None  # of the encoder, from the runs' efficiency blocks
     train_seconds: float | None = None  # summed over the row's configurations, mean over seeds
+    comparability: Comparability = field(default_factory=Comparability)
+    marks: list[str] = field(default_factory=list)  # footnote marks of its comparability
+
+    @property
+    def display(self) -> str:
+        """The label with its marks, as legends and plots show it."""
+        return " ".join([self.label, *self.marks])
 
 
 @dataclass
@@ -113,26 +218,51 @@ class Configuration:
 
 
 @dataclass
+class Footnote:
+    mark: str
+    against: str
+    reasons: list[str]
+
+
+@dataclass
 class Leaderboard:
-    columns: list[Column]
-    rows: list[Row]  # runs, best overall first
-    references: list[Row]  # published baselines
+    columns: list[Column]  # as shown: the track means first, then the test sets, the overall
+    rows: list[Row]  # runs, ranked by their track means in track order
+    references: list[Row]  # published baselines, then the results page's entries
     chance: Row | None
-    best: dict[str, float]
-    source: str = ""
+    # Per column, the rows that hold its best score among the runs that compete for it
+    # (:func:`_winners`).
+    winners: dict[str, list[Row]]
+    source: str = ""  # of the published baselines
+    challenge_source: str = ""  # of the results page's entries
+    footnotes: list[Footnote] = field(default_factory=list)
+    scoring: ChallengeScoring | None = None
+
+    @property
+    def best(self) -> dict[str, float]:
+        return {key: rows[0].cells[key].mean for key, rows in self.winners.items()}
 
     @property
     def tracks(self) -> list[tuple[str, list[Column]]]:
+        """Each track's test sets followed by its mean (the plots' panels)."""
         groups: dict[str, list[Column]] = {}
-        for column in self.columns:
-            if column.kind != "overall":
-                groups.setdefault(column.track, []).append(column)
+        for kind in ("task", "track"):
+            for column in self.columns:
+                if column.kind == kind:
+                    groups.setdefault(column.track, []).append(column)
         return list(groups.items())
 
+    @property
+    def summary(self) -> Column | None:
+        """The one number per row: the overall, or with a single track that track's mean."""
+        for kind in ("overall", "track"):
+            for column in self.columns:
+                if column.kind == kind:
+                    return column
+        return None
+
     def is_best(self, row: Row, column: Column) -> bool:
-        cell = row.cells.get(column.key)
-        best = self.best.get(column.key)
-        return cell is not None and best is not None and math.isclose(cell.mean, best)
+        return any(row is winner for winner in self.winners.get(column.key, ()))
 
 
 def _weighted_mean(items: Iterable[Mapping[str, Any]]) -> float:
@@ -228,9 +358,18 @@ def _rows_of_configurations(configs: list[Configuration]) -> list[list[Configura
     return [members for _, members in rows]
 
 
-def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
-    """The weighted mean over ``tasks``: per seed when one configuration holds them all and
-    each of its seeds scored each of them; otherwise the weighted mean of per-task means."""
+def _mean_cell(
+    members: list[Configuration], tasks: list[str], scoring: ChallengeScoring | None = None
+) -> Cell | None:
+    """The weighted mean over ``tasks`` (with ``scoring``: the challenge's score of them): per
+    seed when one configuration holds them all and each of its seeds scored each of them;
+    otherwise the mean of per-task means."""
+
+    def mean(scored: Iterable[tuple[Mapping[str, Any], float]]) -> float:
+        if scoring is not None:
+            return scoring.mean(scored)
+        return _weighted_mean({"score": score, "weight": t["weight"]} for t, score in scored)
+
     holders = [m for m in members if set(tasks) & set(m.tasks)]
     complete = all(
         len(config.scores(task)) == len(config.runs)
@@ -240,25 +379,26 @@ def _mean_cell(members: list[Configuration], tasks: list[str]) -> Cell | None:
     if len(holders) == 1 and complete:
         config = holders[0]
         values = [
-            _weighted_mean(
-                {"score": t["score"], "weight": t["weight"]}
+            mean(
+                (t, float(t["score"]))
                 for t in run["tasks"]
                 if t["task"] in tasks and _number(t.get("score")) is not None
             )
             for run in config.runs
         ]
         return Cell(values, [r["run_dir"] for r in config.runs])
-    cells = []
+    # The challenge's normalisation is linear, so that of a per-task mean is the mean of the
+    # seeds' normalised scores.
+    per_task = []
     for config in holders:
         for task in set(tasks) & set(config.tasks):
             pairs = config.scores(task)
             if pairs:
-                mean = statistics.fmean(s for s, _ in pairs)
-                cells.append({"score": mean, "weight": config.tasks[task]["weight"]})
-    if not cells:
+                per_task.append((config.tasks[task], statistics.fmean(s for s, _ in pairs)))
+    if not per_task:
         return None
     runs = [r["run_dir"] for config in holders for r in config.runs]
-    return Cell([_weighted_mean(cells)], runs, combined=len(holders) > 1, partial=not complete)
+    return Cell([mean(per_task)], runs, combined=len(holders) > 1, partial=not complete)
 
 
 def _cost(members: list[Configuration]) -> dict[str, Any]:
@@ -319,124 +459,303 @@ def _distinct_labels(rows: list[Row], members_of: list[list[Configuration]]) -> 
                 rows[i].label += f" #{members_of[i][0].info['config_hash'][:7]}"
 
 
+def _comparability(runs: Iterable[Mapping[str, Any]]) -> Comparability:
+    """The verdicts of ``runs`` (their ``comparability`` blocks) taken together."""
+    reasons: dict[str, None] = {}  # ordered and each text once
+    unchecked, against = 0, ""
+    for run in runs:
+        block = run.get("comparability")
+        if not isinstance(block, Mapping) or not isinstance(block.get("comparable"), bool):
+            if block is not None:
+                log.warning(
+                    "%s/scores.json: its comparability block is not {comparable: true|false, "
+                    "reasons: [...]}; the run is shown as not checked",
+                    run["run_dir"],
+                )
+            unchecked += 1
+            continue
+        against = against or str(block.get("against") or "")
+        if block["comparable"]:
+            continue
+        texts = [
+            str(r.get("text") or r.get("code")) if isinstance(r, Mapping) else str(r)
+            for r in block.get("reasons") or []
+        ]
+        reasons.update(dict.fromkeys(texts or [NO_REASON]))
+    return Comparability(list(reasons), unchecked, against or AGAINST)
+
+
+def _mark(rows: Iterable[Row]) -> list[Footnote]:
+    """Give every row that is not comparable its marks: one numbered footnote per distinct set
+    of reasons (rows with the same reasons share it), and ``?`` where some run was not checked."""
+    footnotes: dict[tuple[str, ...], Footnote] = {}
+    for row in rows:
+        verdict = row.comparability
+        if verdict.reasons:
+            key = tuple(verdict.reasons)
+            if key not in footnotes:
+                mark = f"{NOT_COMPARABLE_MARK}{len(footnotes) + 1}"
+                footnotes[key] = Footnote(mark, verdict.against, verdict.reasons)
+            row.marks.append(footnotes[key].mark)
+        if verdict.unchecked:
+            row.marks.append(NOT_CHECKED_MARK)
+    return list(footnotes.values())
+
+
+def _winners(columns: Sequence[Column], rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """The rows holding each column's best score. Only runs compete, and only those comparable
+    with the challenge where any of them has the column: a run scored on fewer clips, or in
+    another precision, would otherwise be shown as better than runs whose numbers mean what
+    the challenge's numbers mean."""
+    winners = {}
+    for column in columns:
+        having = [r for r in rows if r.kind == "run" and column.key in r.cells]
+        pool = [r for r in having if r.comparability.comparable] or having
+        if pool:
+            top = max(r.cells[column.key].mean for r in pool)
+            winners[column.key] = [r for r in pool if math.isclose(r.cells[column.key].mean, top)]
+    return winners
+
+
+def _rank(rows: Iterable[Row], columns: Sequence[Column]) -> list[Row]:
+    """Most test sets first, then by each track's mean in track order, as the challenge ranks a
+    track (a row without a track's mean after those with it)."""
+    tracks = [c.key for c in columns if c.kind == "track"]
+    return sorted(
+        rows,
+        key=lambda r: (
+            -r.coverage,
+            *(-r.cells[k].mean if k in r.cells else math.inf for k in tracks),
+        ),
+    )
+
+
 def published_baselines(path: Path = BASELINES) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def challenge_results(path: Path = CHALLENGE) -> dict[str, Any]:
+    """The challenge's scoring rules and its results page's entries (see the file's header)."""
+    return yaml.safe_load(path.read_text())
+
+
+def _sets_of(column: Column, specs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The test sets a mean column is taken over: its track's, or all for the overall."""
+    return [
+        n for n, spec in specs.items() if column.kind == "overall" or spec["track"] == column.track
+    ]
+
+
+def _fixed_cells(
+    scores: Mapping[str, Any],
+    tracks: Mapping[str, Any],
+    columns: Sequence[Column],
+    specs: Mapping[str, Mapping[str, Any]],
+    scoring: ChallengeScoring,
+) -> dict[str, Cell]:
+    """Cells of a row of published numbers: the test sets the board has, each track's published
+    result or else the plain mean of its test sets, and the challenge's score where shown."""
+    cells = {f"task:{t}": Cell([float(v)]) for t, v in scores.items() if t in specs}
+    for column in columns:
+        if column.kind not in ("track", "normalised"):
+            continue
+        names = _sets_of(column, specs)
+        complete = all(f"task:{n}" in cells for n in names)
+        if column.kind == "track" and column.track in tracks:
+            cells[column.key] = Cell([float(tracks[column.track])])
+        elif column.kind == "track" and complete:
+            cells[column.key] = Cell([statistics.fmean(cells[f"task:{n}"].mean for n in names)])
+        elif column.kind == "normalised" and complete:
+            scored = [(specs[n], cells[f"task:{n}"].mean) for n in names]
+            cells[column.key] = Cell([scoring.mean(scored)])
+    return cells
+
+
+def _columns(
+    specs: Mapping[str, Mapping[str, Any]],
+    scoring: ChallengeScoring,
+    names: Mapping[str, str],
+) -> list[Column]:
+    """The track means (and the challenge's score where it differs) first, as the challenge
+    ranks each track on its own; then each track's test sets; xares' overall last."""
+    order = sorted(
+        {s["track"] for s in specs.values()}, key=lambda t: (not t.startswith("task"), t)
+    )
+    headline: list[Column] = []
+    tests: list[Column] = []
+    for track in order:
+        sets = [specs[n] for n in sorted(specs) if specs[n]["track"] == track]
+        name = names.get(track, "")
+        headline.append(Column(f"track:{track}", f"{track} mean", track, "track", subtitle=name))
+        if scoring.covers(sets) and scoring.differs(sets):
+            headline.append(
+                Column(
+                    f"normalised:{track}",
+                    f"{track} normalised",
+                    track,
+                    "normalised",
+                    subtitle=name,
+                )
+            )
+        tests += [
+            Column(f"task:{s['task']}", s["task"].removeprefix("eval_"), track, "task", s["metric"])
+            for s in sets
+        ]
+    overall = [Column("overall", "overall", "", "overall", subtitle="xares, all tracks")]
+    return headline + tests + (overall if len(order) > 1 else [])
+
+
+def _run_row(
+    members: list[Configuration],
+    columns: Sequence[Column],
+    specs: Mapping[str, Mapping[str, Any]],
+    scoring: ChallengeScoring,
+) -> Row:
+    cells: dict[str, Cell] = {}
+    for config in members:
+        for task in config.tasks:
+            pairs = config.scores(task)
+            if pairs:
+                cells[f"task:{task}"] = Cell([s for s, _ in pairs], [d for _, d in pairs])
+    for column in columns:
+        if column.kind != "task":
+            names = _sets_of(column, specs)
+            cell = _mean_cell(members, names, scoring if column.kind == "normalised" else None)
+            if cell is not None:
+                cells[column.key] = cell
+    label, detail, from_folder = _label(members)
+    return Row(
+        label,
+        "run",
+        cells,
+        detail,
+        from_folder,
+        seeds=max(len(m.runs) for m in members),
+        coverage=sum(1 for k in cells if k.startswith("task:")),
+        comparability=_comparability(r for m in members for r in m.runs),
+        **_cost(members),
+    )
+
+
+def _reference_rows(
+    baselines: Mapping[str, Any],
+    challenge: Mapping[str, Any],
+    columns: Sequence[Column],
+    specs: Mapping[str, Mapping[str, Any]],
+    scoring: ChallengeScoring,
+) -> list[Row]:
+    """The published baselines as given, then the results page's entries ranked by track."""
+    rows = []
+    published = (
+        ("baseline", baselines.get("encoders") or {}),
+        ("reference", challenge.get("entries") or {}),
+    )
+    for kind, numbers_of in published:
+        for name, numbers in numbers_of.items():
+            cells = _fixed_cells(
+                numbers.get("tasks") or {}, numbers.get("tracks") or {}, columns, specs, scoring
+            )
+            if cells:
+                detail = baselines.get("source", "") if kind == "baseline" else ""
+                detail = detail or numbers.get("affiliation", "")
+                rows.append(Row(f"{name} {SUFFIX[kind]}", kind, cells, detail))
+    baseline_rows = [r for r in rows if r.kind == "baseline"]
+    return baseline_rows + _rank([r for r in rows if r.kind == "reference"], columns)
+
+
+def _chance_row(
+    columns: Sequence[Column], specs: Mapping[str, Mapping[str, Any]], scoring: ChallengeScoring
+) -> Row | None:
+    """Chance levels, where the task files give them; a mean only where all of its sets have
+    one."""
+    cells = {
+        f"task:{name}": Cell([float(spec["chance"])])
+        for name, spec in specs.items()
+        if spec.get("chance") is not None
+    }
+    for column in columns:
+        names = _sets_of(column, specs)
+        if column.kind == "task" or not all(f"task:{n}" in cells for n in names):
+            continue
+        scored = [(specs[n], cells[f"task:{n}"].mean) for n in names]
+        if column.kind == "normalised":
+            cells[column.key] = Cell([scoring.mean(scored)])
+        else:
+            weighted = ({"score": s, "weight": t["weight"]} for t, s in scored)
+            cells[column.key] = Cell([_weighted_mean(weighted)])
+    return Row("chance", "chance", cells) if cells else None
+
+
 def build(
-    runs: Sequence[dict[str, Any]], baselines: Mapping[str, Any] | None = None
+    runs: Sequence[dict[str, Any]],
+    baselines: Mapping[str, Any] | None = None,
+    challenge: Mapping[str, Any] | None = None,
 ) -> Leaderboard:
-    """The leaderboard of ``runs`` (as :func:`xares.report.load_run_scores` returns them)."""
+    """The leaderboard of ``runs`` (as :func:`xares.report.load_run_scores` returns them), with
+    the published ``baselines`` and the ``challenge``'s results page as reference rows."""
     baselines = published_baselines() if baselines is None else baselines
-    # Columns: every test set seen, grouped by track (challenge tracks first), by name inside.
-    tasks: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    challenge = challenge_results() if challenge is None else challenge
+    scoring = ChallengeScoring.from_data(challenge)
+    # Every test set seen, with its track (the first run that has it says).
+    specs: dict[str, dict[str, Any]] = {}
     for run in runs:
         for task in run["tasks"]:
-            tasks.setdefault(task["task"], (_task_track(task, run), task))
-    order = sorted({t for t, _ in tasks.values()}, key=lambda t: (not t.startswith("task"), t))
-    columns: list[Column] = []
-    track_tasks: dict[str, list[str]] = {}
-    for track in order:
-        names = sorted(name for name, (t, _) in tasks.items() if t == track)
-        track_tasks[track] = names
-        columns += [
-            Column(f"task:{n}", n.removeprefix("eval_"), track, "task", tasks[n][1]["metric"])
-            for n in names
-        ]
-        if len(order) > 1:  # one track's mean is the overall
-            columns.append(Column(f"track:{track}", f"{track} mean", track, "track"))
-    columns.append(Column("overall", "overall", "", "overall"))
-    all_tasks = [n for names in track_tasks.values() for n in names]
+            specs.setdefault(task["task"], {**task, "track": _task_track(task, run)})
+    columns = _columns(specs, scoring, challenge.get("tracks") or {})
 
     members_of = _rows_of_configurations(_configurations(runs))
-    rows = []
-    for members in members_of:
-        cells: dict[str, Cell] = {}
-        for config in members:
-            for task in config.tasks:
-                pairs = config.scores(task)
-                if pairs:
-                    cells[f"task:{task}"] = Cell([s for s, _ in pairs], [d for _, d in pairs])
-        for track, names in track_tasks.items():
-            cell = _mean_cell(members, names)
-            if cell is not None:
-                cells[f"track:{track}"] = cell
-        overall = _mean_cell(members, all_tasks)
-        if overall is not None:
-            cells["overall"] = overall
-        label, detail, from_folder = _label(members)
-        rows.append(
-            Row(
-                label,
-                "run",
-                cells,
-                detail,
-                from_folder,
-                seeds=max(len(m.runs) for m in members),
-                coverage=sum(1 for k in cells if k.startswith("task:")),
-                **_cost(members),
-            )
-        )
+    rows = [_run_row(members, columns, specs, scoring) for members in members_of]
     _distinct_labels(rows, members_of)
-    order_rows = sorted(
-        range(len(rows)),
-        key=lambda i: (-rows[i].coverage, -(rows[i].cells.get("overall") or Cell([-1.0])).mean),
+    rows = _rank(rows, columns)
+    footnotes = _mark(rows)
+    source = challenge.get("source") or {}
+    return Leaderboard(
+        columns,
+        rows,
+        _reference_rows(baselines, challenge, columns, specs, scoring),
+        _chance_row(columns, specs, scoring),
+        _winners(columns, rows),
+        baselines.get("source", ""),
+        source.get("text", "") if isinstance(source, Mapping) else str(source),
+        footnotes,
+        scoring,
     )
-    rows = [rows[i] for i in order_rows]
-
-    references = []
-    for name, published in (baselines.get("encoders") or {}).items():
-        cells = {
-            f"task:{task}": Cell([float(v)])
-            for task, v in (published.get("tasks") or {}).items()
-            if task in tasks
-        }
-        for track, names in track_tasks.items():
-            if track in (published.get("tracks") or {}):
-                cells[f"track:{track}"] = Cell([float(published["tracks"][track])])
-            elif names and all(f"task:{n}" in cells for n in names):
-                cells[f"track:{track}"] = Cell(
-                    [statistics.fmean(cells[f"task:{n}"].mean for n in names)]
-                )
-        if len(track_tasks) == 1:  # one track: its mean is the overall column
-            (track,) = track_tasks
-            if f"track:{track}" in cells:
-                cells["overall"] = cells[f"track:{track}"]
-        if cells:
-            references.append(
-                Row(f"{name} (published)", "baseline", cells, baselines.get("source", ""))
-            )
-
-    chance_cells = {
-        f"task:{name}": Cell([float(task["chance"])])
-        for name, (_, task) in tasks.items()
-        if task.get("chance") is not None
-    }
-    for track, names in track_tasks.items():
-        if all(f"task:{n}" in chance_cells for n in names):
-            known = [
-                {"score": chance_cells[f"task:{n}"].mean, "weight": tasks[n][1]["weight"]}
-                for n in names
-            ]
-            chance_cells[f"track:{track}"] = Cell([_weighted_mean(known)])
-    if all(f"task:{n}" in chance_cells for n in all_tasks):
-        known = [
-            {"score": chance_cells[f"task:{n}"].mean, "weight": tasks[n][1]["weight"]}
-            for n in all_tasks
-        ]
-        chance_cells["overall"] = Cell([_weighted_mean(known)])
-    chance = Row("chance", "chance", chance_cells) if chance_cells else None
-
-    best = {}
-    for column in columns:
-        values = [r.cells[column.key].mean for r in [*rows, *references] if column.key in r.cells]
-        if values:
-            best[column.key] = max(values)
-    return Leaderboard(columns, rows, references, chance, best, baselines.get("source", ""))
 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}".replace("-", "−")
+
+
+def normalised_note(scoring: ChallengeScoring) -> str:
+    """How the normalised columns are computed, in words, from the ranges in use."""
+    by_range: dict[tuple[float, float], list[str]] = {}
+    for metric, bounds in scoring.ranges.items():
+        by_range.setdefault(bounds, []).append(metric)
+    ranges = "; ".join(
+        f"{', '.join(metrics)}: {_number_text(worst)} to {_number_text(best)}"
+        for (worst, best), metrics in by_range.items()
+    )
+    weights = (
+        "with equal weights (the challenge publishes none)"
+        if scoring.weights is None
+        else "with the challenge's weights"
+    )
+    return (
+        "Normalised: a track's score as the challenge's README defines it, each test set's score "
+        "M mapped to (M − worst) / (best − worst) by the worst and best possible values of its "
+        f"metric ({ranges}), then averaged {weights}; shown only where it differs from the raw "
+        "mean. The results page's public test result of a track is the plain mean of the "
+        "per-task scores it prints, which read as raw scores: it compares with the raw mean"
+    )
+
+
+def _group(column: Column) -> str:
+    """The header group of a column: the track means together, each track's test sets."""
+    return {"task": column.track, "overall": "overall"}.get(column.kind, "headline")
 
 
 def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
@@ -444,15 +763,13 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
 
     def cell(row: Row, column: Column) -> dict[str, Any]:
         found = row.cells.get(column.key)
+        empty = {"text": "–", "spread": None, "n": None, "href": None, "title": "", "marks": []}
         if found is None:
-            return {"text": "–", "spread": None, "n": None, "href": None, "title": ""} | {
-                "combined": False,
-                "partial": False,
-                "best": False,
-            }
+            return empty | {"combined": False, "partial": False, "best": False}
         link = os.path.relpath(found.runs[0], out) if found.runs and column.kind == "task" else None
         spread = found.spread
         per_seed = row.kind == "run" and not (found.combined or found.partial)
+        best = board.is_best(row, column)
         return {
             "text": _fmt(found.mean),
             "spread": None if spread is None else f"{spread:.3f}",
@@ -462,7 +779,9 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
             "title": "\n".join(os.path.relpath(r, out) for r in found.runs),
             "combined": found.combined,
             "partial": found.partial,
-            "best": row.kind != "chance" and board.is_best(row, column),
+            "best": best,
+            # A best that no comparable run contests says so where it is highlighted.
+            "marks": row.marks if best else [],
         }
 
     def rows(rs: Iterable[Row]) -> list[dict[str, Any]]:
@@ -473,24 +792,68 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
                 "detail": r.detail,
                 "from_folder": r.from_folder,
                 "seeds": r.seeds,
+                "marks": r.marks,
                 "cells": [cell(r, c) for c in board.columns],
             }
             for r in rs
         ]
 
+    columns = board.columns
+    groups: list[dict[str, Any]] = []
+    for column in columns:
+        if column.kind == "overall":
+            continue  # a header of its own, both header rows high
+        if not groups or groups[-1]["key"] != _group(column):
+            title = column.track if column.kind == "task" else "per track, as the challenge ranks"
+            groups.append({"key": _group(column), "title": title, "span": 0})
+        groups[-1]["span"] += 1
+    names = {c.track: c.subtitle for c in columns if c.kind == "track" and c.subtitle}
+    for group in groups:
+        group["subtitle"] = names.get(group["key"], "")
+    sections = [
+        {
+            "kind": kind,
+            "title": title,
+            "suffix": SUFFIX[kind],
+            "rows": rows(r for r in board.references if r.kind == kind),
+        }
+        for kind, title in (
+            ("baseline", f"published baselines ({board.source})"),
+            ("reference", board.challenge_source),
+        )
+    ]
     return {
-        "tracks": board.tracks,
-        "columns": board.columns,
+        "groups": groups,
+        "columns": columns,
+        "first_of_group": [
+            i == 0 or _group(c) != _group(columns[i - 1]) for i, c in enumerate(columns)
+        ],
         "rows": rows(board.rows),
+        "sections": [s for s in sections if s["rows"]],
         "references": rows(board.references),
         "chance": rows([board.chance])[0] if board.chance else None,
         "source": board.source,
+        "challenge_source": board.challenge_source,
         "spread": SPREAD,
         "from_folder": FROM_FOLDER,
         "any_from_folder": any(r.from_folder for r in board.rows),
         "any_combined": any(c.combined for r in board.rows for c in r.cells.values()),
         "partial": PARTIAL,
         "any_partial": any(c.partial for r in board.rows for c in r.cells.values()),
+        "footnotes": [
+            {"mark": f.mark, "text": f"not comparable with {f.against}: " + "; ".join(f.reasons)}
+            for f in board.footnotes
+        ],
+        "not_checked": (
+            {"mark": NOT_CHECKED_MARK, "text": NOT_CHECKED}
+            if any(NOT_CHECKED_MARK in r.marks for r in board.rows)
+            else None
+        ),
+        "normalised": (
+            normalised_note(board.scoring)
+            if board.scoring and any(c.kind == "normalised" for c in columns)
+            else ""
+        ),
     }
 
 
@@ -507,6 +870,8 @@ def _markdown_cell(cell: Mapping[str, Any]) -> str:
         text += "*"
     if cell.get("partial"):
         text += "‡"
+    if cell.get("marks"):
+        text += " " + " ".join(cell["marks"])
     if cell.get("spread"):
         text += f" ± {cell['spread']}"
     if cell.get("n"):
@@ -539,17 +904,12 @@ def write(
         for path, caption in plots
     ]
     context = render_context(board, out)
-    columns = board.columns
     context.update(
         runs=runs,
         sources=sources or "the given folders",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         plots=shown,
         skipped=list(skipped),
-        first_of_track=[
-            c.kind == "overall" or i == 0 or columns[i - 1].track != c.track
-            for i, c in enumerate(columns)
-        ],
     )
     written = {}
     for name in ("leaderboard.md", "leaderboard.html"):

@@ -7,6 +7,7 @@ the other.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import log_final_scores
 from xares.training.module import AudioLLMModule
+from xares.training.scored_sets import ScoredSets, evaluation_key, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,71 @@ def publish_scores(loggers: list[Any], summary: dict[str, Any]) -> None:
         )
 
 
+def model_run_dir(ckpt_path: str | Path | None, out: Path) -> Path:
+    """The run directory of the model being scored: the checkpoint's, or this run's."""
+    if ckpt_path is None:
+        return out
+    path = Path(ckpt_path).resolve()
+    folder = path.parent if path.is_file() or path.suffix == ".ckpt" else path
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def reuse_scored_sets(
+    trainer: pl.Trainer,
+    module: AudioLLMModule,
+    datamodule: TaskDataModule,
+    out: Path,
+    model_dir: Path,
+    reuse: bool = True,
+) -> list[str]:
+    """Point the module at the finished test sets of this model and settings, and skip the
+    ones an interrupted evaluation already scored (unless not ``reuse``); returns those."""
+    device = trainer.strategy.root_device
+    resolved = module.model.speed.resolve(device)
+    numerics = {
+        "device": device.type,
+        "decoder_dtype": str(resolved["decoder_dtype"]),
+        "matmul_precision": resolved["matmul_precision"],
+        "precision": str(trainer.precision),
+    }
+    key = evaluation_key(
+        module.config,
+        weights_digest(module.state_dict()),
+        numerics,
+        world_size=trainer.world_size,
+        num_workers=datamodule.num_workers,
+    )
+    # Kept beside the model, so any later evaluation of it finds them; in this run's own
+    # folder when the model's is not writable (a shared, read-only model directory).
+    home = model_dir if os.access(model_dir, os.W_OK) else out
+    module.scored_sets = ScoredSets(
+        home,
+        key,
+        module.eval_sets,
+        rank=trainer.global_rank,
+        world_size=trainer.world_size,
+        also_read=tuple({model_dir, out} - {home}),
+    )
+    module.reused = {}
+    if reuse:
+        for name in module.eval_sets:
+            parts = module.scored_sets.load(name)
+            if parts is not None:
+                module.reused[name] = parts
+    datamodule.skip_eval = set(module.reused)
+    reused = [name for name in module.eval_sets if name in module.reused]
+    if reused and trainer.is_global_zero:
+        print(
+            f"reusing the answers of {len(reused)} of {len(module.eval_sets)} test sets, "
+            "generated earlier (an interrupted evaluation) with the same weights, settings "
+            "and code "
+            f"({module.scored_sets.directory}): {', '.join(reused)}. reuse_scores=false "
+            "rescores them.",
+            flush=True,
+        )
+    return reused
+
+
 def evaluate_and_report(
     trainer: pl.Trainer,
     module: AudioLLMModule,
@@ -160,6 +227,8 @@ def evaluate_and_report(
     started: float | None = None,
     allow_partial: bool = False,
     run: dict[str, Any] | None = None,
+    model_dir: Path | None = None,
+    reuse: bool = True,
 ) -> dict[str, Any]:
     """Generate and score every test set, print the table, write the score files.
 
@@ -169,10 +238,14 @@ def evaluate_and_report(
     and marks it partial. ``started`` (``time.perf_counter()`` at the run's start) times
     the run's phases for the efficiency block. ``run`` (:func:`xares.run_info.describe`)
     is what the run was; it is completed with the end time and written to ``scores.json``.
+    ``model_dir`` is the scored model's run directory, where finished test sets are kept so
+    a rerun resumes (:func:`reuse_scored_sets`; ``reuse=false`` rescores every set).
     """
     meter = Efficiency.of(trainer)
+    reused = reuse_scored_sets(trainer, module, datamodule, out, model_dir or out, reuse)
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = report.summarise(module.results, meter.summary(started, trainer))
+    summary["reused"] = reused
     # A debug run that reads only some test batches leaves sets unread on purpose.
     cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
     summary["comparability"] = verdict(

@@ -334,9 +334,19 @@ def leaderboard(runs: Sequence[Mapping[str, Any]]) -> str:
             where = Path(run["run_dir"]).name + (f", seed {seed}" if seed is not None else "")
             if run["from_folder"]:
                 where += ", name from folder"
+            where += _comparability_label(run.get("comparability"))
             run["encoder"] = f"{run['encoder']} ({where})"
         tables.append(f"task: {runs[0]['task_name']}  ({len(runs)} runs)\n" + compare_table(runs))
     return "\n\n".join(tables)
+
+
+def _comparability_label(block: Mapping[str, Any] | None) -> str:
+    """What the terminal leaderboard says after a run's folder: why it is not comparable."""
+    if not isinstance(block, Mapping):
+        return ", comparability not checked"
+    if block.get("comparable"):
+        return ""
+    return ", NOT comparable: " + ", ".join(r.get("code", "?") for r in block.get("reasons") or [])
 
 
 def collect(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from xares.pipeline import (
     build_module,
     build_trainer,
     evaluate_and_report,
+    model_run_dir,
     output_dir,
     prepare_task,
 )
@@ -80,6 +81,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     started,
                     allow_partial=bool(cfg.get("allow_partial")),
                     run=run_info.describe(cfg, started_at),
+                    # Trained here: the model is this run's; scored only: the checkpoint's.
+                    model_dir=out if fit else model_run_dir(resolved and resolved[0], out),
+                    reuse=bool(cfg.get("reuse_scores", True)),
                 )
             return summary
         finally:

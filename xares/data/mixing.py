@@ -233,8 +233,8 @@ class EvalSet(IterableDataset):
     Clips are encoded whole, as the challenge evaluates them; ``max_seconds`` (off by
     default) keeps only the start of longer clips. Each batch carries, under ``skipped``,
     the samples this reader dropped since its previous batch (``{set: {reason: n}}``), so
-    the counts reach the process that scores the set whatever the number of workers; a
-    reader whose last samples were all dropped ends with a batch of no clips for them.
+    the counts reach the process that scores the set whatever the number of workers. Each
+    reader ends with a batch of no clips marked ``finished``, carrying its last counts.
     """
 
     def __init__(
@@ -302,8 +302,9 @@ class EvalSet(IterableDataset):
                 buffer = []
         for batch in length_buckets(buffer, self.batch_size, None):
             yield with_skips(collate(batch, references=True, text=self.text, digest=self.digest))
-        if source.skips.counts - reported:
-            yield with_skips(empty_batch())
+        # The end of this reader's share of the set, with the skips since its last batch:
+        # once every reader's marker is in, the set's answers are complete in this process.
+        yield with_skips({**empty_batch(), "finished": [source.name]})
         if source.skips.total:
             log.warning("%s: skipped %s", source.name, source.skips.summary())
 

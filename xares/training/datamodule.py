@@ -103,6 +103,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.data_dir = data_dir
         self.train_sources: list[DatasetSource] | None = None
         self.eval_sources: list[DatasetSource] | None = None
+        self.skip_eval: set[str] = set()
 
     @property
     def eval_specs(self) -> dict[str, dict[str, Any]]:
@@ -182,6 +183,8 @@ class TaskDataModule(pl.LightningDataModule):
         self._resolve("test", self.download)
         sets = []
         for source in self.eval_sources:
+            if source.name in self.skip_eval:
+                continue  # scored by an interrupted evaluation of the same model and settings
             batch_size = self.eval_batch_size
             if batch_size is None and self._on_cuda():
                 batch_size = self.cuda_eval_batch_size

@@ -16,6 +16,7 @@ from xares.data.task_spec import eval_defaults
 from xares.metrics import MetricUnavailableError, build_metric
 from xares.models.audio_llm import AudioLLM
 from xares.protocol.comparability import merge_records
+from xares.training.scored_sets import ScoredSets
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,13 @@ class AudioLLMModule(pl.LightningModule):
         self.training_record: dict[str, Any] | None = None
         self.evaluation_record: dict[str, Any] | None = None
         self._resumed_record: dict[str, Any] | None = None
+        # Resuming an interrupted evaluation: where finished sets are kept, and the sets
+        # reused from it (their parts, one per process), which the test loader skips.
+        self.scored_sets: ScoredSets | None = None
+        self.reused: dict[str, list[dict[str, Any]]] = {}
+        self._finished: Counter = Counter()
+        self._scored: dict[str, dict[str, Any]] = {}
+        self._readers = 1
 
     # ------------------------------------------------------------------ speed
     def setup(self, stage: str) -> None:
@@ -171,20 +179,52 @@ class AudioLLMModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._rows = defaultdict(list)
         self._dropped = defaultdict(Counter)
+        self._finished = Counter()
+        self._scored: dict[str, dict[str, Any]] = {}
         self.results = []
+        loaders = self.trainer.test_dataloaders if self._trainer is not None else None
+        loader = loaders[0] if isinstance(loaders, list) and loaders else loaders
+        # Each reader (a loader worker, or the main process) marks the end of every set.
+        self._readers = max(1, int(getattr(loader, "num_workers", 0) or 0))
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         for task, counts in (batch.get("skipped") or {}).items():
             self._dropped[task].update(counts)
-        if not batch["keys"]:
-            return
-        predictions = self.model.batch_answers(batch)
-        for key, task, prompt, prediction, refs in zip(
-            batch["keys"], batch["tasks"], batch["prompts"], predictions, batch["references"]
-        ):
-            self._rows[task].append(
-                {"key": key, "prompt": prompt, "prediction": prediction, "references": refs}
+        if batch["keys"]:
+            predictions = self.model.batch_answers(batch)
+            for key, task, prompt, prediction, refs in zip(
+                batch["keys"], batch["tasks"], batch["prompts"], predictions, batch["references"]
+            ):
+                self._rows[task].append(
+                    {"key": key, "prompt": prompt, "prediction": prediction, "references": refs}
+                )
+        for task in batch.get("finished") or []:
+            self._finished[task] += 1
+            if self._finished[task] == self._readers:
+                self._set_finished(task)
+
+    def _set_finished(self, task: str) -> None:
+        """Every reader of this process is past ``task``: keep its answers for a rerun, and in
+        one process score it now (the log shows the scores as the evaluation goes)."""
+        rows = sorted(self._rows.get(task, []), key=lambda r: r["key"])
+        dropped = dict(sorted(self._dropped.get(task, Counter()).items()))
+        payload: dict[str, Any] = {"rows": rows, "dropped": dropped}
+        alone = self._trainer is None or self.trainer.world_size == 1
+        if alone and task in self.eval_sets:
+            result = self._score(task, rows, dropped)
+            self._scored[task] = result
+            payload |= {"score": result["score"], "note": result["note"]}
+            done = len(self._scored) + len(self.reused)
+            log.info(
+                "%s: %s %.4f (%d of %d test sets)",
+                task,
+                result["metric"],
+                result["score"],
+                done,
+                len(self.eval_sets),
             )
+        if self.scored_sets is not None:
+            self.scored_sets.save(task, payload)
 
     def _gathered_rows(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Counter]]:
         rows, dropped = dict(self._rows), dict(self._dropped)
@@ -201,51 +241,69 @@ class AudioLLMModule(pl.LightningModule):
         ordered = {task: sorted(items, key=lambda r: r["key"]) for task, items in rows.items()}
         return ordered, dropped
 
+    def _score(
+        self, name: str, items: list[dict[str, Any]], dropped: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """The result of one test set from its answers."""
+        spec = self.eval_sets[name]
+        metric_name = spec["metric"]
+        result = {
+            "task": name,
+            "metric": metric_name,
+            "weight": float(spec["weight"]),
+            "chance": spec.get("chance"),
+            "track": spec.get("track"),
+            "clips": len(items),
+            # Test samples left out, by reason (bad audio, corrupt or missing label...).
+            "dropped": dict(sorted(dropped.items())),
+            "rows": items,
+            "score": float("nan"),
+            "note": "",
+        }
+        # Several references: one scored pair per reference, as the protocol scores them.
+        predictions = [r["prediction"] for r in items for _ in r["references"]]
+        references = [ref for r in items for ref in r["references"]]
+        if result["dropped"]:
+            log.warning(
+                "%s: %d test sample(s) dropped (%s); scored %d clip(s)",
+                name,
+                sum(result["dropped"].values()),
+                _describe(result["dropped"]),
+                len(items),
+            )
+        if not predictions:
+            lost = sum(result["dropped"].values())
+            result["note"] = "no scorable samples" + (
+                f" ({lost} dropped: {_describe(result['dropped'])})" if lost else ""
+            )
+            log.error("%s: %s", name, result["note"])
+        else:
+            try:
+                metric = build_metric(metric_name, spec["metric_args"])
+                result["score"] = float(metric(predictions, references))
+            except MetricUnavailableError as error:
+                result["note"] = f"unavailable: {error}"
+                log.error("%s: %s", name, error)
+        return result
+
     def on_test_epoch_end(self) -> None:
         rows, dropped = self._gathered_rows()
         results = []
-        for name, spec in self.eval_sets.items():
-            items = rows.get(name, [])
-            metric_name = spec["metric"]
-            result = {
-                "task": name,
-                "metric": metric_name,
-                "weight": float(spec["weight"]),
-                "chance": spec.get("chance"),
-                "track": spec.get("track"),
-                "clips": len(items),
-                # Test samples left out, by reason (bad audio, corrupt or missing label...).
-                "dropped": dict(sorted(dropped.get(name, Counter()).items())),
-                "rows": items,
-                "score": float("nan"),
-                "note": "",
-            }
-            # Several references: one scored pair per reference, as the protocol scores them.
-            predictions = [r["prediction"] for r in items for _ in r["references"]]
-            references = [ref for r in items for ref in r["references"]]
-            if result["dropped"]:
-                log.warning(
-                    "%s: %d test sample(s) dropped (%s); scored %d clip(s)",
-                    name,
-                    sum(result["dropped"].values()),
-                    _describe(result["dropped"]),
-                    len(items),
-                )
-            if not predictions:
-                lost = sum(result["dropped"].values())
-                result["note"] = "no scorable samples" + (
-                    f" ({lost} dropped: {_describe(result['dropped'])})" if lost else ""
-                )
-                log.error("%s: %s", name, result["note"])
+        for name in self.eval_sets:
+            if name in self.reused:
+                parts = self.reused[name]
+                items = sorted((r for p in parts for r in p["rows"]), key=lambda r: r["key"])
+                counts: Counter = Counter()
+                for part in parts:
+                    counts.update(part.get("dropped") or {})
+                # Scored again from the kept answers: cheap next to generating them.
+                result = self._score(name, items, counts)
+            elif name in self._scored:
+                result = self._scored[name]
             else:
-                try:
-                    metric = build_metric(metric_name, spec["metric_args"])
-                    result["score"] = float(metric(predictions, references))
-                except MetricUnavailableError as error:
-                    result["note"] = f"unavailable: {error}"
-                    log.error("%s: %s", name, error)
+                result = self._score(name, rows.get(name, []), dropped.get(name, Counter()))
             if not math.isnan(result["score"]):
-                self.log(f"test/{name}/{metric_name}", result["score"], rank_zero_only=True)
+                self.log(f"test/{name}/{result['metric']}", result["score"], rank_zero_only=True)
             results.append(result)
         self.results = results
 
