@@ -173,3 +173,28 @@ def test_the_printed_table_ends_with_the_verdict_in_one_line():
     }
     last = format_table(summary).splitlines()[-1]
     assert last == "NOT comparable with the XARES-LLM challenge's public results: only 4 clips; y"
+
+
+def test_wandb_gets_the_verdict(tmp_path, monkeypatch):
+    import wandb
+
+    from xares.training.loggers import log_final_scores, wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    results = [
+        {"task": "eval_a", "metric": "Accuracy", "score": 0.5, "weight": 1.0, "clips": 4,
+         "dropped": {}, "note": ""},
+    ]  # fmt: skip
+    summary = summarise(results)
+    reason = {"code": "eval_limit", "text": "data.eval_limit=4: only the first 4 clips"}
+    summary["comparability"] = {"comparable": False, "against": "x", "reasons": [reason]}
+    logger = wandb_logger(save_dir=str(tmp_path), offline=True)
+    try:
+        log_final_scores([logger], summary)
+        run = logger.experiment
+        assert run.summary["comparable"] is False
+        assert list(run.summary["comparability_reasons"]) == ["eval_limit"]
+        assert run.config["xares_comparability"]["reasons"] == [reason]
+    finally:
+        wandb.finish()
