@@ -642,4 +642,43 @@ def test_the_terminal_leaderboard_names_why_a_run_is_not_comparable(tmp_path):
     header = report.leaderboard(collect([outputs])).splitlines()[1]  # the run labels
     assert "dasheng (a, seed 1, NOT comparable: decoder_dtype, eval_limit)" in header
     assert "mel (b, seed 1)" in header
-    assert "beats (c, name from folder, comparability not checked)" in header
+    assert "(c, name from folder, comparability not checked)" in header
+
+
+def test_two_tasks_that_share_a_name_are_never_averaged_together(tmp_path):
+    outputs = tmp_path / "outputs"
+    for name, encoder in (("a", "dasheng"), ("b", "mel"), ("c", "beats")):
+        write_run(outputs / name, encoder, "task2", 1)
+    # Run c's task is also called task2, but its Clotho set has other clips (another identity).
+    for name in ("a", "b", "c"):
+        path = outputs / name / "scores.json"
+        summary = json.loads(path.read_text())
+        for task in summary["tasks"]:
+            other = name == "c" and task["task"] == "eval_clotho"
+            task["set_id"] = "b" * 12 if other else "a" * 12
+        path.write_text(json.dumps(summary))
+    board = build(collect([outputs]))
+    beats = next(r for r in board.rows if r.label == "beats")
+    assert "task:eval_clotho" not in beats.cells and "track:task2" not in beats.cells
+    assert "task:eval_clotho (task2 #2)" in beats.cells
+    others = [r for r in board.rows if r.label != "beats"]
+    assert all("task:eval_clotho" in r.cells for r in others)
+    assert board.notes == [
+        "two different tasks are named 'task2': eval_clotho score other clips or score them "
+        "another way, so the 1 run(s) of the second are shown as 'task2 #2'"
+    ]
+    text = report.leaderboard(collect([outputs]))
+    assert "task: task2  (2 runs)" in text and "task: task2 #2  (1 runs)" in text
+    assert text.splitlines()[-1].startswith("note: two different tasks are named 'task2'")
+    out = tmp_path / "report"
+    report.write_leaderboard(collect([outputs]), out)
+    assert "Note: two different tasks are named" in (out / "leaderboard.md").read_text()
+    assert "Note: two different tasks are named" in (out / "leaderboard.html").read_text()
+    # Files from before the identity was kept (no set_id) join the group of their name.
+    for name in ("a", "b", "c"):
+        path = outputs / name / "scores.json"
+        summary = json.loads(path.read_text())
+        for task in summary["tasks"]:
+            task.pop("set_id")
+        path.write_text(json.dumps(summary))
+    assert build(collect([outputs])).notes == []

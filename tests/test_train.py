@@ -49,6 +49,9 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
     scores = json.loads((run / "scores.json").read_text())
     assert [t["task"] for t in scores["tasks"]] == ["eval_pitch", "eval_melody"]
     assert scores["tasks"][0]["clips"] == 16
+    # Each test set's identity (its clips, labels, prompt and metric), as the report groups.
+    ids = [t["set_id"] for t in scores["tasks"]]
+    assert len(set(ids)) == 2 and all(len(i) == 12 for i in ids)
     # The smoke task is no challenge task, and its batch of 8 is not the protocol's 4.
     verdict = scores["comparability"]
     assert verdict["comparable"] is False

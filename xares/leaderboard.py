@@ -38,6 +38,8 @@ from urllib.parse import quote
 import numpy as np
 import yaml
 
+from xares.report import separate_namesakes
+
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 BASELINES = ASSETS / "published_baselines.yaml"
 CHALLENGE = ASSETS / "challenge_results.yaml"
@@ -237,6 +239,7 @@ class Leaderboard:
     challenge_source: str = ""  # of the results page's entries
     footnotes: list[Footnote] = field(default_factory=list)
     scoring: ChallengeScoring | None = None
+    notes: list[str] = field(default_factory=list)  # tasks told apart (separate_namesakes)
 
     @property
     def best(self) -> dict[str, float]:
@@ -696,6 +699,8 @@ def build(
     baselines = published_baselines() if baselines is None else baselines
     challenge = challenge_results() if challenge is None else challenge
     scoring = ChallengeScoring.from_data(challenge)
+    # Runs of two different tasks that share a name are never averaged together.
+    runs, notes = separate_namesakes(runs)
     # Every test set seen, with its track (the first run that has it says).
     specs: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -719,6 +724,7 @@ def build(
         source.get("text", "") if isinstance(source, Mapping) else str(source),
         footnotes,
         scoring,
+        notes,
     )
 
 
@@ -840,6 +846,7 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
         "any_combined": any(c.combined for r in board.rows for c in r.cells.values()),
         "partial": PARTIAL,
         "any_partial": any(c.partial for r in board.rows for c in r.cells.values()),
+        "notes": board.notes,
         "footnotes": [
             {"mark": f.mark, "text": f"not comparable with {f.against}: " + "; ".join(f.reasons)}
             for f in board.footnotes

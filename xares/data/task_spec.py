@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,6 +117,18 @@ class TaskSpec:
     def eval_dicts(self) -> dict[str, dict[str, Any]]:
         """Each test set as a plain dict with every default filled in."""
         return {name: dataclasses.asdict(spec) for name, spec in self.eval.items()}
+
+
+# What makes a test set the test set it is: the clips, how their labels are read, the question
+# asked and how answers are scored. Batch size, weight, chance level and track are not.
+IDENTITY_KEYS = ("shards", "label_key", "label_join", "prompt", "metric", "metric_args")
+
+
+def test_set_id(spec: Mapping[str, Any]) -> str:
+    """12 hex digits naming a test set's identity, so two sets that share a name are told apart."""
+    identity = {k: spec.get(k) for k in IDENTITY_KEYS}
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def eval_defaults() -> dict[str, Any]:

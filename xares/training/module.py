@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from xares.data.task_spec import eval_defaults
+from xares.data.task_spec import eval_defaults, test_set_id
 from xares.metrics import MetricUnavailableError, build_metric
 from xares.models.audio_llm import AudioLLM
 from xares.protocol.comparability import merge_records
@@ -253,6 +253,7 @@ class AudioLLMModule(pl.LightningModule):
             "weight": float(spec["weight"]),
             "chance": spec.get("chance"),
             "track": spec.get("track"),
+            "set_id": test_set_id(spec),
             "clips": len(items),
             # Test samples left out, by reason (bad audio, corrupt or missing label...).
             "dropped": dict(sorted(dropped.items())),

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from xares.data.task_spec import test_set_id
 from xares.run_info import git_state
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ VERSION = 1
 # The data settings that change which clips are read or how they are encoded.
 DATA_KEYS = ("eval_limit", "eval_max_seconds", "sample_rate")
 PACKAGES = ("xares", "torch", "transformers", "peft", "torchaudio")
-SPEC_KEYS = ("shards", "label_key", "label_join", "prompt", "metric", "metric_args")
 
 
 def _version(package: str) -> str | None:
@@ -106,9 +106,7 @@ class ScoredSets:
     ):
         self.directory = Path(directory) / FOLDER / key
         self.read_from = [self.directory, *(Path(p) / FOLDER / key for p in also_read)]
-        self.specs = {
-            name: _digest({k: s.get(k) for k in SPEC_KEYS})[:8] for name, s in specs.items()
-        }
+        self.specs = {name: test_set_id(spec) for name, spec in specs.items()}
         self.rank, self.world_size = rank, world_size
 
     def _name(self, task: str, rank: int) -> str:
