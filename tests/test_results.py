@@ -175,3 +175,81 @@ def test_a_requeued_slurm_job_continues_in_its_own_directory(tmp_path, monkeypat
     monkeypatch.setenv("SLURM_JOB_ID", "5000")
     with pytest.raises(RunDirError, match="checkpoints/last.ckpt"):
         claim_run_dir(run)
+
+
+def fill(disk):
+    """Write until the file system is full."""
+    try:
+        with open(disk / "filler", "wb") as handle:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+    except OSError:
+        pass
+
+
+def test_a_full_disk_leaves_no_half_written_score_file(make_cfg, tmp_path, capsys, monkeypatch):
+    from small_disk import small_disk
+
+    from xares import report
+
+    run = tmp_path / "run"
+    with small_disk(run, "1m"):
+        original = report.write_reports
+
+        def full_then_write(*args, **kwargs):
+            fill(run)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(report, "write_reports", full_then_write)
+        with pytest.raises(ReportWriteError, match="could not write .*scores.tsv: No space left"):
+            train(make_cfg(*UNTRAINED))
+        left = sorted(p.name for p in run.rglob("*") if p.is_file())
+    # No 0-byte or cut scores file, no temporary file.
+    assert not [n for n in left if n.startswith(("scores", "predictions")) or "tmp" in n], left
+    out = capsys.readouterr().out
+    assert "eval_pitch" in out and "overall (weighted)" in out  # the result was printed
+
+
+def test_a_failed_final_checkpoint_still_evaluates_then_fails(
+    make_cfg, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from xares.training.checkpoint import VerifiedCheckpointIO
+
+    original = VerifiedCheckpointIO.save_checkpoint
+
+    def no_space_for_last(self, checkpoint, path, *args, **kwargs):
+        if os.path.basename(path) == "last.ckpt":
+            raise OSError(errno.ENOSPC, f"could not write {path}: No space left on device")
+        return original(self, checkpoint, path, *args, **kwargs)
+
+    monkeypatch.setattr(VerifiedCheckpointIO, "save_checkpoint", no_space_for_last)
+    with pytest.raises(OSError, match="last.ckpt: No space left on device"):
+        train(make_cfg(*FAST, "logger=none", "trainer.max_steps=4"))
+    run = tmp_path / "run"
+    assert "overall (weighted)" in capsys.readouterr().out
+    assert read_tsv(run / "scores.tsv")["overall"]["score"] != "n/a"
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_an_interrupted_run_is_finished_in_its_own_directory(make_cfg, tmp_path):
+    import socket
+
+    run = tmp_path / "run"
+    first = train(make_cfg(*FAST, "logger=none", "trainer.max_steps=4"))
+    # As if the process that made it had been killed: its claim names a pid that is gone.
+    claim = json.loads((run / CLAIM).read_text())
+    (run / CLAIM).write_text(json.dumps({**claim, "host": socket.gethostname(), "pid": 2**22 + 7}))
+    again = train(make_cfg(*FAST, "logger=none", "trainer.max_steps=4", f"ckpt_path={run}"))
+    assert again["overall"] == first["overall"]
+    # Its evaluation had finished: the kept answers serve, nothing is generated twice.
+    assert again["reused"] == ["eval_pitch", "eval_melody"]
+    # Another folder's checkpoint does not open this one to a foreign run.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CLAIM).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    (other / "scores.tsv").write_text("theirs\n")
+    with pytest.raises(RunDirError, match="belongs to another run"):
+        train(make_cfg(*UNTRAINED, f"ckpt_path={run}", output_dir=other))

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xares import run_info
+from xares.atomic import write_text
 from xares.pipeline import (
     CONFIG_DIR,
     build_datamodule,
@@ -117,7 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             load_trainable(module, ckpt_path, checkpoint)
             trainer = build_trainer(run_cfg)
             scored = str(Path(ckpt_path).resolve())
-            (out / "checkpoint.txt").write_text(scored + "\n")
+            write_text(out / "checkpoint.txt", scored + "\n")
             return evaluate_and_report(
                 trainer,
                 module,

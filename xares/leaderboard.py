@@ -38,6 +38,7 @@ from urllib.parse import quote
 import numpy as np
 import yaml
 
+from xares.atomic import write_text
 from xares.report import separate_namesakes
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
@@ -932,6 +933,6 @@ def write(
         env.globals["md"] = _markdown_cell
         env.filters["mdtext"] = _markdown_text
         path = out / name
-        path.write_text(env.get_template(f"{name}.j2").render(**context))
+        write_text(path, env.get_template(f"{name}.j2").render(**context))
         written[name] = path
     return written

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xares.atomic import atomic_open
 from xares.protocol.comparability import format_verdict
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def write_reports(
     summary = summary if summary is not None else summarise(results, efficiency)
     if run_name:
         summary["run_name"] = run_name
-    with open(out / "scores.tsv", "w", newline="") as f:
+    with atomic_open(out / "scores.tsv", "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["task", "metric", "score", "weight", "clips", "dropped"])
         for t in summary["tasks"]:
@@ -220,10 +221,10 @@ def write_reports(
         writer.writerow(
             ["overall", overall, _fmt(summary["overall"]), summary["overall_weight"], "", ""]
         )
-    with open(out / "scores.json", "w") as f:
+    with atomic_open(out / "scores.json", "w") as f:
         json.dump(_json_safe(summary), f, indent=2)
     for result in results:
-        with open(out / f"predictions_{result['task']}.csv", "w", newline="") as f:
+        with atomic_open(out / f"predictions_{result['task']}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["key", "prompt", "prediction", "reference"])
             for row in result.get("rows", []):

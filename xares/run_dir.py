@@ -24,6 +24,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from xares.atomic import write_text
+
 log = logging.getLogger(__name__)
 
 CLAIM = ".xares_run.json"
@@ -85,8 +87,12 @@ def _same_run(owner: dict[str, Any], me: dict[str, Any]) -> bool:
     return bool(owner.get("slurm_job")) and owner.get("slurm_job") == me["slurm_job"] and requeued
 
 
-def claim_run_dir(path: str | Path) -> None:
-    """Make ``path`` this run's, or raise ``RunDirError`` if another run's results are there."""
+def claim_run_dir(path: str | Path, continuing: bool = False) -> None:
+    """Make ``path`` this run's, or raise ``RunDirError`` if another run's results are there.
+
+    ``continuing``: this run resumes from a checkpoint inside ``path`` (``ckpt_path`` and
+    ``hydra.run.dir`` both the interrupted run's folder), so it finishes that run in place.
+    """
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
@@ -105,7 +111,15 @@ def claim_run_dir(path: str | Path) -> None:
         owner = json.loads(claim.read_text())
     except (OSError, ValueError):
         owner = {}
-    if not _same_run(owner, me):
+    if continuing and not _same_run(owner, me):
+        running = owner.get("host") == me["host"] and _alive(int(owner.get("pid") or -1))
+        if running:
+            raise RunDirError(
+                f"run directory {path} belongs to a run that is still running (pid "
+                f"{owner.get('pid')}); wait for it to end, or stop it, before continuing it here"
+            )
+        log.info("continuing the run in %s from its own checkpoint", path)
+    elif not _same_run(owner, me):
         results = [str(p.relative_to(path)) for pat in RESULT_PATTERNS for p in path.glob(pat)]
         running = owner.get("host") == me["host"] and _alive(int(owner.get("pid") or -1))
         if results or running:
@@ -124,4 +138,4 @@ def claim_run_dir(path: str | Path) -> None:
                 f"directory away first.{hint}"
             )
         log.warning("run directory %s: taking over from a run that left no results", path)
-    claim.write_text(json.dumps(me))
+    write_text(claim, json.dumps(me))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -44,10 +45,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit, evaluate = bool(cfg.get("train", True)), bool(cfg.get("evaluate", True))
     with stop_on_sigterm():
         try:
-            claim_run_dir(out)
+            resolved = resolve_checkpoint(cfg.get("ckpt_path"), cfg, here=out)
+            # Resuming from a checkpoint inside this very folder finishes that run in place.
+            inside = resolved is not None and out.resolve() in Path(resolved[0]).resolve().parents
+            claim_run_dir(out, continuing=inside)
             # Everything that can be checked without data or weights, in seconds.
             task: TaskSpec = check_run(cfg, train=fit, evaluate=evaluate)
-            resolved = resolve_checkpoint(cfg.get("ckpt_path"), cfg, here=out)
             if resolved is not None:
                 check_compatible(*resolved, cfg, allow=bool(cfg.get("allow_ckpt_mismatch")))
             if fit:
@@ -62,12 +65,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule = build_datamodule(cfg, task)
             module = build_module(cfg, datamodule)
             trainer = build_trainer(cfg)
+            unsaved: OSError | None = None
             if fit:
                 ckpt_path = resolved[0] if resolved else None
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-                if not trainer.fast_dev_run:
-                    # Every rank must call save_checkpoint (it is collective); rank 0 writes.
-                    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+                try:
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+                    if not trainer.fast_dev_run:
+                        # Every rank must call save_checkpoint (it is collective); rank 0 writes.
+                        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+                except OSError as error:
+                    # A full disk at the last checkpoint must not cost the evaluation: the
+                    # trained model is in memory. Score it, print the table, then fail.
+                    if not (evaluate and finished(trainer)):
+                        raise
+                    unsaved = error
+                    log.error(
+                        "the final checkpoint could not be written (%s); the trained model is "
+                        "evaluated from memory first, then the run fails",
+                        error,
+                    )
             elif resolved is not None:
                 load_trainable(module, *resolved)
             summary: dict[str, Any] = {}
@@ -85,9 +101,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     model_dir=out if fit else model_run_dir(resolved and resolved[0], out),
                     reuse=bool(cfg.get("reuse_scores", True)),
                 )
+            if unsaved is not None:
+                raise unsaved
             return summary
         finally:
             finish_wandb()
+
+
+def finished(trainer: pl.Trainer) -> bool:
+    """Training reached its last step (what failed came after it)."""
+    return trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from xares.atomic import atomic_open
 from xares.data.task_spec import test_set_id
 from xares.run_info import git_state
 
@@ -118,16 +118,11 @@ class ScoredSets:
     def save(self, task: str, payload: Mapping[str, Any]) -> None:
         """Write this process's part of ``task`` atomically; a failure costs only the reuse."""
         path = self.directory / self._name(task, self.rank)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as handle:
+            with atomic_open(path) as handle:
                 json.dump({"task": task, "spec": self.specs[task], **payload}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
         except OSError as error:
-            tmp.unlink(missing_ok=True)
             log.warning(
                 "%s: its answers could not be kept for a rerun (%s); the evaluation goes on",
                 task,
