@@ -1,22 +1,30 @@
-"""Checkpoints: unreadable files are named, `last` falls back, other models are refused,
-failed writes fail the run."""
+"""Checkpoints: unreadable and corrupt files are named, `last` falls back, other models are
+refused, failed writes fail the run with the file and the cause."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import FAST, compose_config
+from small_disk import small_disk
 
 from xares.evaluate import evaluate, evaluation_config
 from xares.train import train
+from xares.training import checkpoint as checkpoint_module
 from xares.training.checkpoint import (
+    DIGEST_KEY,
     CheckpointError,
+    CheckpointWriteError,
     VerifiedCheckpointIO,
+    checkpoint_digest,
     model_differences,
     read_checkpoint,
     resolve_checkpoint,
@@ -193,4 +201,183 @@ def test_a_failed_checkpoint_write_fails_the_run(make_cfg, tmp_path, monkeypatch
 
 def test_verified_checkpoint_io_writes_whole_files(tmp_path):
     VerifiedCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "a" / "x.ckpt")
-    assert torch.load(tmp_path / "a" / "x.ckpt") == {"step": 1}
+    saved = torch.load(tmp_path / "a" / "x.ckpt", weights_only=True)
+    assert saved == {"step": 1, DIGEST_KEY: checkpoint_digest({"step": 1})}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.ckpt"]
+
+
+def flip_tensor_bytes(path: Path, count: int = 16) -> None:
+    """Flip ``count`` bytes inside the largest trainable tensor of ``path``; it still unpickles."""
+    state = torch.load(path, weights_only=True)["state_dict"]
+    tensor = max(state.values(), key=torch.Tensor.numel)
+    data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    raw = bytearray(path.read_bytes())
+    start = raw.find(data)  # tensors are stored uncompressed
+    assert start >= 0 and raw.find(data, start + 1) < 0
+    for offset in range(start + len(data) // 2, start + len(data) // 2 + count):
+        raw[offset] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def test_checkpoints_carry_a_checksum_of_tensors_and_config(trained):
+    saved = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved[DIGEST_KEY].startswith("sha256:")
+    assert saved[DIGEST_KEY] == checkpoint_digest(saved)
+    # What it covers: every tensor's bytes and the config, whatever the dicts' order.
+    reordered = {k: saved[k] for k in reversed(list(saved))}
+    assert checkpoint_digest(reordered) == saved[DIGEST_KEY]
+    name = next(iter(saved["state_dict"]))
+    nudged = {**saved, "state_dict": {**saved["state_dict"]}}
+    nudged["state_dict"][name] = saved["state_dict"][name].clone()
+    nudged["state_dict"][name].view(-1)[0] += 1.0
+    assert checkpoint_digest(nudged) != saved[DIGEST_KEY]
+    edited = {
+        **saved,
+        "xares_config": {**saved["xares_config"], "seed": 1 + saved["xares_config"]["seed"]},
+    }
+    assert checkpoint_digest(edited) != saved[DIGEST_KEY]
+
+
+def test_a_corrupt_checkpoint_is_named_and_never_used(trained, make_cfg, tmp_path, caplog):
+    good = trained / "checkpoints" / "last.ckpt"
+    flipped = tmp_path / "flipped.ckpt"
+    shutil.copy(good, flipped)
+    flip_tensor_bytes(flipped)
+    with pytest.raises(CheckpointError, match=f"checkpoint {flipped} is corrupt: .*checksum"):
+        read_checkpoint(flipped)
+    # Lightning's resume reads through the same checks.
+    with pytest.raises(CheckpointError, match=f"checkpoint {flipped} is corrupt"):
+        VerifiedCheckpointIO().load_checkpoint(flipped)
+
+    # An edited config is caught too, not only damaged tensors.
+    record = torch.load(good, weights_only=True)
+    record["xares_config"]["trainer"]["max_steps"] = 3000
+    edited = tmp_path / "edited.ckpt"
+    torch.save(record, edited)
+    with pytest.raises(CheckpointError, match=f"checkpoint {edited} is corrupt"):
+        read_checkpoint(edited)
+
+    # In a run directory the newest intact checkpoint is used, and the corrupt one is named.
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    shutil.copy(good, run / "step3.ckpt")
+    shutil.copy(flipped, run / "last.ckpt")
+    now = time.time()
+    os.utime(run / "step3.ckpt", (now - 60, now - 60))
+    cfg = make_cfg(*QUICK)
+    with caplog.at_level(logging.WARNING, logger=checkpoint_module.__name__):
+        path, checkpoint = resolve_checkpoint(str(tmp_path / "run"), cfg)
+    assert path == str(run / "step3.ckpt") and checkpoint["global_step"] == 3
+    assert f"{run / 'last.ckpt'} is corrupt" in caplog.text
+    (run / "step3.ckpt").unlink()
+    with pytest.raises(
+        CheckpointError, match=f"(?s)none of the 1 checkpoint.*{run / 'last.ckpt'} is corrupt"
+    ):
+        resolve_checkpoint(str(tmp_path / "run"), cfg)
+
+
+def test_a_checkpoint_without_a_checksum_is_used_with_a_note(trained, tmp_path, caplog):
+    record = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    del record[DIGEST_KEY]
+    older = tmp_path / "older.ckpt"
+    torch.save(record, older)
+    with caplog.at_level(logging.INFO, logger=checkpoint_module.__name__):
+        checkpoint = read_checkpoint(older)
+    assert checkpoint["global_step"] == 3
+    notes = [r for r in caplog.records if str(older) in r.getMessage()]
+    assert notes and "no checksum" in notes[0].getMessage() and notes[0].levelno == logging.INFO
+
+
+def temporary_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_full_disk_is_one_error_naming_the_file_and_the_cause(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    state = {"state_dict": {"w": torch.zeros(1000)}}
+
+    def enospc(obj, file):
+        file.write(b"PK\x03\x04 part of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def torch_style(obj, file):
+        # What torch.save does when the disk fills: its writer's OSError becomes the context
+        # of a RuntimeError that names neither the file nor the cause.
+        try:
+            file.write(b"PK\x03\x04")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 4352 vs 4288"
+            ) from None
+
+    for failing in (enospc, torch_style):
+        monkeypatch.setattr(checkpoint_module.torch, "save", failing)
+        with pytest.raises(CheckpointWriteError) as caught:
+            VerifiedCheckpointIO().save_checkpoint(state, target)
+        error = caught.value
+        assert isinstance(error, OSError) and isinstance(error, CheckpointError)
+        assert error.errno == errno.ENOSPC and error.filename == str(target)
+        assert str(error).startswith(
+            f"could not write checkpoint {target}: no space left on device"
+        )
+        assert "Free space" in str(error)
+        assert not target.exists() and temporary_files(target.parent) == []
+
+    # torch.save given a path loses the OSError; the free space tells a full disk apart.
+    def bare(obj, file):
+        file.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", bare)
+    monkeypatch.setattr(
+        checkpoint_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=512)
+    )
+    with pytest.raises(CheckpointWriteError, match="no space left on device .*512 bytes free"):
+        VerifiedCheckpointIO().save_checkpoint(state, target)
+    monkeypatch.undo()
+    assert temporary_files(target.parent) == []
+
+    # Any other cause is named as it is.
+    def denied(obj, file):
+        raise PermissionError(errno.EACCES, "Permission denied", str(file.name))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", denied)
+    with pytest.raises(
+        CheckpointWriteError, match=f"{target}: permission denied .*Make .* writable"
+    ):
+        VerifiedCheckpointIO().save_checkpoint(state, target)
+    assert temporary_files(target.parent) == []
+
+
+def test_a_real_full_disk_is_named_and_leaves_no_temporary_file(tmp_path):
+    with small_disk(tmp_path / "disk", size="3m") as disk:
+        target = disk / "checkpoints" / "last.ckpt"
+        with pytest.raises(CheckpointWriteError) as caught:
+            VerifiedCheckpointIO().save_checkpoint(
+                {"state_dict": {"w": torch.zeros(10**6)}}, target
+            )
+        assert caught.value.errno == errno.ENOSPC
+        assert f"could not write checkpoint {target}: no space left on device" in str(caught.value)
+        assert list(target.parent.iterdir()) == []
+        # And a checkpoint that fits is written whole after the failure.
+        VerifiedCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, target)
+        assert torch.equal(read_checkpoint_plain(target)["state_dict"]["w"], torch.ones(1000))
+
+
+def read_checkpoint_plain(path: Path) -> dict:
+    return VerifiedCheckpointIO().load_checkpoint(path)
+
+
+def test_a_run_whose_final_checkpoint_does_not_fit_names_it(make_cfg, tmp_path):
+    # The run directory on a disk too small for last.ckpt (2.4 MB here): the report's case.
+    with small_disk(tmp_path / "disk", size="2m") as disk:
+        out = disk / "run"
+        with pytest.raises(CheckpointWriteError) as caught:
+            train(make_cfg(*QUICK, "evaluate=false", output_dir=out))
+        assert caught.value.errno == errno.ENOSPC
+        assert f"could not write checkpoint {out / 'checkpoints' / 'last.ckpt'}: no space" in str(
+            caught.value
+        )
+        assert temporary_files(out / "checkpoints") == []
+        assert not (out / "checkpoints" / "last.ckpt").exists()

@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 import torch
+from conftest import FAST
+from small_disk import small_disk
 
 from xares.encoders import cache as cache_module
 from xares.encoders.cache import FeatureCache, batch_variation, clip_id, encoder_fingerprint
@@ -220,6 +222,86 @@ def test_corrupt_file_is_a_logged_miss_and_is_rewritten(mel, tmp_path, caplog):
     assert third.stats["disk_reads"] == 1 and torch.equal(features, expected)
 
 
+def flip_feature_bytes(path, count=16):
+    """Flip ``count`` bytes in the middle of the features stored in ``path``; the file still
+    unpickles. Returns the stored features as they were."""
+    stored = torch.load(path, weights_only=True)["features"]
+    raw = bytearray(path.read_bytes())
+    start = raw.find(stored.numpy().tobytes())  # the tensor's bytes are stored uncompressed
+    assert start >= 0, f"the features' bytes are not in {path}"
+    middle = start + stored.numel() * stored.element_size() // 2
+    for offset in range(middle, middle + count):
+        raw[offset] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    altered = torch.load(path, weights_only=True)["features"]
+    assert altered.shape == stored.shape and not torch.equal(altered, stored)
+    return stored
+
+
+def test_a_bit_flip_in_a_cached_file_is_named_and_recomputed(mel, tmp_path, caplog):
+    clips = make_clips()
+    ids = [clip_id(c) for c in clips]
+    first = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    expected, expected_mask = first.encode(mel, *batch_of(clips), ids)
+    path = first._path(first._context(torch.device("cpu")), ids[1])
+    original = flip_feature_bytes(path)
+
+    mel.calls.clear()
+    second = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        features, frame_mask = second.encode(mel, *batch_of(clips), ids)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "checksum" in warnings[0]
+    # Only the damaged clip was encoded again, and it equals what was computed the first time.
+    assert mel.calls == [1] and second.stats["disk_errors"] == 1
+    assert second.stats["disk_reads"] == 3
+    assert torch.equal(features, expected) and torch.equal(frame_mask, expected_mask)
+    assert torch.equal(valid_rows(features, frame_mask)[1], original)
+
+    # The file was rewritten: a later reader gets it from disk, silently.
+    caplog.clear()
+    third = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        again, _ = third.encode(mel, *batch_of(clips), ids)
+    assert third.stats["disk_reads"] == 4 and not caplog.records
+    assert torch.equal(again, expected)
+
+
+def test_a_file_without_a_checksum_is_not_trusted(mel, tmp_path):
+    clip = make_clips([9600])[0]
+    cid = clip_id(clip)
+    first = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    expected, _ = first.encode(mel, *batch_of([clip]), [cid])
+    (path,) = tmp_path.rglob("*.pt")
+    record = torch.load(path, weights_only=True)
+    del record["sha256"]
+    torch.save(record, path)
+    second = FeatureCache("fp", memory_gb=0, directory=tmp_path)
+    features, _ = second.encode(mel, *batch_of([clip]), [cid])
+    assert second.stats["disk_errors"] == 1 and torch.equal(features, expected)
+    assert "sha256" in torch.load(path, weights_only=True)
+
+
+def test_corrupted_cache_files_leave_a_runs_score_unchanged(make_cfg, tmp_path, caplog):
+    from xares.train import train
+
+    features = tmp_path / "features"
+    quick = [*FAST, "logger=none", f"speed.feature_cache.dir={features}"]
+    first = train(make_cfg(*quick, output_dir=tmp_path / "first"))
+    files = sorted(features.rglob("*.pt"))
+    assert len(files) > 2
+    damaged = [files[0], files[len(files) // 2]]
+    originals = [flip_feature_bytes(path) for path in damaged]
+
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        second = train(make_cfg(*quick, output_dir=tmp_path / "second"))
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    for path, original in zip(damaged, originals):
+        assert f"{path} is corrupt" in warned
+        assert torch.equal(torch.load(path, weights_only=True)["features"], original)
+    assert second["overall"] == first["overall"]
+
+
 def test_a_failed_write_leaves_no_file_that_looks_complete(mel, tmp_path, monkeypatch):
     clip = make_clips([9600])[0]
     cid = clip_id(clip)
@@ -248,6 +330,24 @@ def test_a_failed_write_leaves_no_file_that_looks_complete(mel, tmp_path, monkey
     assert features.shape[0] == 1 and cache.stats["disk_errors"] == 1
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.tmp"))
     monkeypatch.setattr(cache_module.torch, "save", real_save)
+
+
+def test_a_full_disk_costs_only_the_disk_copy(mel, tmp_path, caplog):
+    clips = make_clips([16000] * 16)
+    ids = [clip_id(c) for c in clips]
+    reference, _ = FeatureCache("fp", memory_gb=0.01).encode(mel, *batch_of(clips), ids)
+    with small_disk(tmp_path / "disk", size="48k") as disk:
+        cache = FeatureCache("fp", memory_gb=0.01, directory=disk)
+        with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+            for clip, cid in zip(clips, ids):
+                cache.encode(mel, *batch_of([clip]), [cid])
+        # torch.save raises RuntimeError (not OSError) when the disk fills up mid-file.
+        assert cache.stats["disk_errors"] >= 1 and "could not be written" in caplog.text
+        assert not list(disk.rglob("*.tmp"))
+        for path in disk.rglob("*.pt"):
+            assert torch.load(path, weights_only=True)["clip"] in ids
+        features, _ = cache.encode(mel, *batch_of(clips), ids)
+        assert torch.equal(features, reference)
 
 
 def test_fingerprint_follows_weights_config_and_class():

@@ -96,6 +96,7 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
         "world_size": 1,
         "accumulate_grad_batches": 1,
         "steps": 120,
+        "skipped_steps": 0,
     }
 
     # Re-scoring the checkpoint without training gives the same scores.
@@ -109,6 +110,28 @@ def test_training_learns_and_writes_all_outputs(make_cfg, tmp_path):
         "comparability"
     ]["reasons"]
     assert (tmp_path / "eval" / "scores.tsv").is_file()
+
+
+def test_skipped_steps_neither_count_nor_move_the_schedule(make_cfg, tmp_path, monkeypatch, capsys):
+    from xares.models.audio_llm import AudioLLM
+
+    original, calls = AudioLLM.batch_loss, []
+
+    def two_non_finite(self, batch):
+        calls.append(1)
+        loss = original(self, batch)
+        return loss * float("nan") if len(calls) in (3, 4) else loss
+
+    monkeypatch.setattr(AudioLLM, "batch_loss", two_non_finite)
+    summary = train(make_cfg(*FAST, "logger=none", "trainer.max_steps=6"))
+    assert len(calls) == 8  # six optimiser steps, plus the two skipped
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    # Lightning counts the skipped batches in global_step; six of its steps moved weights.
+    assert ckpt["global_step"] == 8
+    assert ckpt["xares_training"]["skipped_steps"] == 2 and ckpt["xares_training"]["steps"] == 6
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 6  # the schedule advanced per real step
+    assert summary["skipped_steps"] == 2
+    assert "training: 2 step(s) skipped for a non-finite loss" in capsys.readouterr().out
 
 
 def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):

@@ -246,6 +246,8 @@ def evaluate_and_report(
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = report.summarise(module.results, meter.summary(started, trainer))
     summary["reused"] = reused
+    # Training steps skipped for a non-finite loss, of the model scored here.
+    summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
     # A debug run that reads only some test batches leaves sets unread on purpose.
     cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
     summary["comparability"] = verdict(

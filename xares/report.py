@@ -115,6 +115,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
         for t in tasks
         if t.get("dropped")
     ]
+    if summary.get("skipped_steps"):
+        notes.append(
+            f"  training: {summary['skipped_steps']} step(s) skipped for a non-finite loss "
+            "(not counted in max_steps; the schedule waited)"
+        )
     efficiency = format_efficiency(summary["efficiency"]) if summary.get("efficiency") else []
     verdict = ["", format_verdict(summary["comparability"])] if "comparability" in summary else []
     return "\n".join([_render(header, lines, footer), *notes, *efficiency, *verdict])

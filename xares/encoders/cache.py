@@ -20,8 +20,11 @@ means one ``rm -r`` drops an encoder's features (a ``context.json`` inside says 
 the two-character fan-out keeps folders small (256 of them) for suites with many clips. Files
 are written to a temporary name in the same folder and renamed into place, so a killed writer
 never leaves a file that looks complete and processes sharing the folder (DDP ranks, concurrent
-runs) each read either nothing or a whole file. Each file also records its clip id and full
-context, and is checked on load: an unreadable or mismatched file is a miss and is rewritten.
+runs) each read either nothing or a whole file. Each file also records its clip id, full context
+and the SHA-256 of its features, and is checked on load: an unreadable file, one for another
+clip or context, or one whose features no longer match their checksum (a flipped bit on disk
+still unpickles, and would feed wrong features to every later run) is reported, re-encoded and
+rewritten.
 
 Exactness: a hit returns exactly what the clip's miss returned. For an encoder whose features
 do not depend on the batch (:func:`batch_variation` returns 0.0: ``mel``, ``dummy``) that is
@@ -51,7 +54,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 # Bump when the meaning of a key or the file format changes: old entries then simply miss.
-FORMAT = "xares-feature-cache/1"
+# 2: each file carries the SHA-256 of its features.
+FORMAT = "xares-feature-cache/2"
 _GIB = 1 << 30
 # Ids that are already safe, fixed-size file names (what clip_id returns); anything else is
 # hashed into one, and the original id is checked against the one stored in the file.
@@ -104,6 +108,13 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
         raise ValueError("cannot fingerprint an encoder whose weights are on the meta device")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy())
+
+
+def features_checksum(features: torch.Tensor) -> str:
+    """SHA-256 of a feature tensor's dtype, shape and bytes, as 64 hex characters."""
+    digest = hashlib.sha256(f"{features.dtype}:{tuple(features.shape)}:".encode())
+    digest.update(_tensor_bytes(features))
+    return digest.hexdigest()
 
 
 def encoder_fingerprint(
@@ -370,6 +381,14 @@ class FeatureCache:
             self._counts["disk_errors"] += 1
             self._report(path, "does not hold the expected features; re-encoding")
             return None
+        if record.get("sha256") != features_checksum(row):
+            self._counts["disk_errors"] += 1
+            self._report(
+                path,
+                "is corrupt: its features do not match the checksum stored with them (the file "
+                "was damaged or altered after it was written); re-encoding and rewriting it",
+            )
+            return None
         self._counts["disk_reads"] += 1
         self._remember(key, row)
         return row
@@ -439,7 +458,12 @@ class FeatureCache:
         if self.directory is None:
             return
         path = self._path(context, cid)
-        record = {"clip": cid, "context": context, "features": row}
+        record = {
+            "clip": cid,
+            "context": context,
+            "features": row,
+            "sha256": features_checksum(row),
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write_atomic(path, lambda f: torch.save(record, f))

@@ -270,6 +270,9 @@ def merge_records(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
     if previous.get("unknown"):
         return {"unknown": previous["unknown"]}
     merged: dict[str, Any] = {}
+    # Counted over the whole fit by the module, not a setting of one part.
+    if "skipped_steps" in previous:
+        merged["skipped_steps"] = previous["skipped_steps"]
     for key, value in current.items():
         before = _values(previous.get(key, value))
         merged[key] = value if before == [value] else [*before, value]

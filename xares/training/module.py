@@ -78,6 +78,8 @@ class AudioLLMModule(pl.LightningModule):
         # Checkpoints hold only trainable weights, so loading must not demand the frozen ones.
         self.strict_loading = False
         self._bad_steps = 0
+        self.skipped_steps = 0  # non-finite losses whose step was skipped, over the whole fit
+        self._stepped = True
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._dropped: dict[str, Counter] = defaultdict(Counter)
         self.results: list[dict[str, Any]] = []
@@ -121,11 +123,30 @@ class AudioLLMModule(pl.LightningModule):
                     f"{self._bad_steps} consecutive non-finite losses: lower the learning rate, "
                     "use trainer=gpu (bf16) instead of fp16, or check the encoder's features"
                 )
-            return None  # Lightning skips the optimiser step for this batch
+            self.skipped_steps += 1
+            self._stepped = False
+            self._one_more_step()
+            return None  # no backward: the optimiser moves no weight for this batch
         self._bad_steps = 0
+        self._stepped = True
         size = batch["audio"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
+
+    def _one_more_step(self) -> None:
+        """Lightning counts a skipped batch as an optimiser step (global_step); the budget grows
+        by one so that ``max_steps`` real updates still happen."""
+        if self._trainer is None:
+            return
+        loop = self.trainer.fit_loop.epoch_loop
+        if loop.max_steps is not None and loop.max_steps > 0:
+            loop.max_steps += 1
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        # Lightning steps the schedule after every batch; a skipped step moved no weight, so
+        # the schedule waits too and max_steps still counts optimiser steps only.
+        if self._stepped:
+            super().lr_scheduler_step(scheduler, metric)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -150,19 +171,38 @@ class AudioLLMModule(pl.LightningModule):
     def on_train_start(self) -> None:
         current = phase_record(self.trainer, self.model.resolved_speed)
         self.training_record = merge_records(self._resumed_record, current)
+        # A resumed fit: the steps skipped before the checkpoint are owed too.
+        for _ in range(self.skipped_steps):
+            self._one_more_step()
 
     def on_train_end(self) -> None:
         if self.training_record is not None:
-            self.training_record["steps"] = int(self.global_step)
+            self.training_record["steps"] = self.updates
+            self.training_record["skipped_steps"] = self.skipped_steps
+        if self.skipped_steps:
+            log.warning(
+                "%d training step(s) skipped for a non-finite loss (not counted in max_steps)",
+                self.skipped_steps,
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["xares_config"] = self.config
         if self.training_record is not None:
-            checkpoint["xares_training"] = {**self.training_record, "steps": int(self.global_step)}
+            checkpoint["xares_training"] = {
+                **self.training_record,
+                "steps": self.updates,
+                "skipped_steps": self.skipped_steps,
+            }
+
+    @property
+    def updates(self) -> int:
+        """Optimiser steps that moved the weights (Lightning's global_step counts skipped ones)."""
+        return int(self.global_step) - self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A resumed fit: what the first part ran with is merged into the record at its start.
         self._resumed_record = checkpoint.get("xares_training") or {"unknown": UNRECORDED}
+        self.skipped_steps = int(self._resumed_record.get("skipped_steps") or 0)
 
     def load_training_record(self, checkpoint: Mapping[str, Any]) -> None:
         """The record of a checkpoint whose weights are scored without training here."""
@@ -170,7 +210,9 @@ class AudioLLMModule(pl.LightningModule):
         if record is None:
             self.training_record = {"unknown": UNRECORDED}
         else:
-            self.training_record = {**record, "steps": checkpoint.get("global_step")}
+            steps = checkpoint.get("global_step")
+            skipped = int(record.get("skipped_steps") or 0)
+            self.training_record = {**record, "steps": None if steps is None else steps - skipped}
 
     # ------------------------------------------------------------------ evaluation
     def on_test_start(self) -> None:
