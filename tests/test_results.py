@@ -253,3 +253,14 @@ def test_an_interrupted_run_is_finished_in_its_own_directory(make_cfg, tmp_path)
     (other / "scores.tsv").write_text("theirs\n")
     with pytest.raises(RunDirError, match="belongs to another run"):
         train(make_cfg(*UNTRAINED, f"ckpt_path={run}", output_dir=other))
+
+
+def test_a_run_with_nothing_scored_returns_no_overall_to_a_sweeper():
+    from xares.report import overall_score, summarise
+
+    nothing = summarise([{"task": "eval_a", "metric": "Accuracy", "score": float("nan"),
+                          "weight": 1.0, "clips": 0, "dropped": {}, "note": "no scorable"}])  # fmt: skip
+    assert math.isnan(nothing["overall"])  # the summary keeps NaN (written as null) ...
+    assert overall_score(nothing) is None  # ... the command returns no number
+    assert overall_score({}) is None and overall_score(None) is None
+    assert overall_score({"overall": 0.25}) == 0.25

@@ -24,6 +24,7 @@ from xares.pipeline import (
     output_dir,
     prepare_task,
 )
+from xares.report import overall_score
 from xares.run_dir import claim_run_dir
 from xares.training.checkpoint import (
     MODEL_SECTIONS,
@@ -144,7 +145,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    return evaluate(cfg).get("overall")
+    return overall_score(evaluate(cfg))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ def summarise(
     return summary
 
 
+def overall_score(summary: Mapping[str, Any] | None) -> float | None:
+    """The overall a run returns (to a sweeper): ``None`` when nothing was scored, where
+    :func:`summarise` has NaN, so a sweep never ranks a run by a missing score."""
+    value = (summary or {}).get("overall")
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"

@@ -24,6 +24,7 @@ from xares.pipeline import (
     output_dir,
     prepare_task,
 )
+from xares.report import overall_score
 from xares.run_dir import claim_run_dir
 from xares.training.checkpoint import (
     check_compatible,
@@ -116,9 +117,12 @@ def finished(trainer: pl.Trainer) -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     summary = train(cfg)
-    overall = summary.get("overall") if summary else None
+    overall = overall_score(summary)
+    where = HydraConfig.get().runtime.output_dir
     if overall is not None:
-        log.info("overall score %.4f (run dir %s)", overall, HydraConfig.get().runtime.output_dir)
+        log.info("overall score %.4f (run dir %s)", overall, where)
+    elif summary:
+        log.warning("no overall score: no test set was scored (run dir %s)", where)
     return overall
 
 
