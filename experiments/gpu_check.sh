@@ -50,6 +50,16 @@ ensure_mini_suite('$XARES_DATA_HOME/mini', workers=16, progress=False)"
       trainer.log_every_n_steps=5 evaluate=false hydra.run.dir="$OUT/train-$setting" \
       > "$OUT/train-$setting.txt" 2>&1
   done
+  # 3b. The protocol's numerics (fp32 weights and matmuls, what challenge tasks get by default)
+  # against the fast ones (bf16 decoder + TF32, speed=turbo), same seed: loss curves in
+  # metrics.csv, scores in scores.tsv, for the README's side-by-side.
+  if [ "${NUMERICS:-1}" = 1 ]; then
+    for numerics in protocol fast; do
+      timeout 150 python3 train.py "${common[@]}" speed.numerics=$numerics trainer.max_steps=100 \
+        trainer.log_every_n_steps=5 data.eval_limit=32 generation.max_new_tokens=16 \
+        hydra.run.dir="$OUT/numerics-$numerics" > "$OUT/numerics-$numerics.txt" 2>&1
+    done
+  fi
   # 4. The fast run's checkpoint, answered by eager and by fast generation.
   for mode in eager fast; do
     extra=()
