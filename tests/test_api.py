@@ -201,3 +201,19 @@ def test_train_twice_in_one_process(tmp_path, monkeypatch, data_home):
         api.train({**overrides, "hydra.run.dir": "elsewhere"}, run_dir="here")
     assert same_objects(before, hydra_state())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+
+
+def test_a_config_composed_by_hand_without_a_run_directory_is_refused(tmp_path, monkeypatch):
+    from xares.pipeline import NoRunDirectoryError
+    from xares.train import train as train_from_config
+
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", "logger=none"])
+    GlobalHydra.instance().clear()
+    # No HydraConfig either, whatever an earlier test left there: as in a fresh notebook.
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    with pytest.raises(NoRunDirectoryError, match="xares.api.train"):
+        train_from_config(cfg)
+    assert list(tmp_path.iterdir()) == []  # no ./outputs claim, no ./None, no ./xares_data

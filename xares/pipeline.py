@@ -46,11 +46,26 @@ class ReportWriteError(OSError):
     """The score files could not be written (the table was printed)."""
 
 
+class NoRunDirectoryError(ValueError):
+    """The config names no run directory: it was composed outside a Hydra run."""
+
+
 def output_dir(cfg: DictConfig) -> Path:
+    """The run directory; a config composed by hand must name it (nothing is guessed, so no
+    run writes into the working directory or a folder called ``None``)."""
     try:
-        return Path(cfg.paths.output_dir)
-    except Exception:  # composed outside a Hydra run (tests): fall back to the log dir
-        return Path(cfg.paths.log_dir)
+        value = cfg.paths.output_dir
+    except Exception as error:  # `${hydra:runtime.output_dir}` without a Hydra run
+        value, cause = None, error
+    else:
+        cause = None
+    if value is None or str(value) in ("", "None"):
+        raise NoRunDirectoryError(
+            "paths.output_dir is not set: this config was composed outside a Hydra run. From "
+            "Python call xares.api.train(overrides, run_dir=...) or xares.api.evaluate(...), "
+            "which set up the run directory; or set paths.output_dir yourself."
+        ) from cause
+    return Path(value)
 
 
 def prepare_task(cfg: DictConfig) -> None:
