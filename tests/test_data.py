@@ -227,6 +227,53 @@ def test_truncated_tar_is_a_counted_skip(tmp_path):
     assert skips.counts == Counter({"corrupt shard": 1})  # one broken shard, counted once
 
 
+def wav_data_offset(data: bytes) -> int:
+    """Where the samples of a WAV written by soundfile start (after the 'data' chunk header)."""
+    return data.index(b"data") + 8
+
+
+@pytest.mark.parametrize("keep", ["half", "all but one byte"])
+def test_truncated_wav_is_a_counted_skip(tmp_path, caplog, keep):
+    wave = noise(1.0, 3)
+    whole = encode(wave, fmt="WAV", subtype="PCM_16")
+    # The header still says one second of samples; the file ends early (a cut copy).
+    cut = whole[: len(whole) // 2] if keep == "half" else whole[:-1]
+    members = [
+        ("cut.wav", cut),
+        ("cut.json", b'{"label": "dog"}'),
+        ("whole.wav", whole),
+        ("whole.json", b'{"label": "cow"}'),
+    ]
+    shard = write_tar(tmp_path / "s.tar", members)
+    skips = SkipCounter("unit")
+    with caplog.at_level(logging.WARNING, logger="xares.data.samples"):
+        examples = examples_from([shard], skips)
+    assert [e.key for e in examples] == ["whole"]
+    assert examples[0].audio.shape == (SR,)
+    assert skips.counts == Counter({"truncated audio": 1})
+    declared = len(whole) - wav_data_offset(whole)
+    present = len(cut) - wav_data_offset(whole)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"cut in {shard} (truncated audio" in logged
+    assert f"{present} of the {declared} bytes" in logged
+    with pytest.raises(AudioDecodeError, match="truncated"):
+        decode_audio(cut, extension="wav")
+
+
+def test_complete_wavs_of_unusual_layouts_are_not_truncated():
+    # An odd number of 8-bit samples: the data chunk is followed by a pad byte.
+    odd = encode(noise(0.2, 4)[:1601], fmt="WAV", subtype="PCM_U8")
+    assert decode_audio(odd, extension="wav").shape == (1601,)
+    # A WAV written to a pipe cannot go back to fill in its sizes: "unknown" (0xFFFFFFFF).
+    whole = encode(noise(0.1, 5), fmt="WAV", subtype="PCM_16")
+    at = wav_data_offset(whole) - 4
+    streamed = whole[:4] + b"\xff\xff\xff\xff" + whole[8:at] + b"\xff\xff\xff\xff" + whole[at + 4 :]
+    assert decode_audio(streamed, extension="wav").shape == (1600,)
+    # A chunk after the samples (metadata) is no truncation either.
+    tagged = whole + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+    assert decode_audio(tagged, extension="wav").shape == (1600,)
+
+
 # ---------------------------------------------------------------------------- training mixture
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import FAST, ROOT
+from omegaconf import open_dict
 
 from xares.data.shards import MissingShardError
 from xares.data.task_spec import TaskConfigError, TaskSpec
@@ -77,10 +78,74 @@ def test_unknown_keys_are_refused_with_the_valid_ones(make_cfg, no_weights, over
         ("task.eval.eval_pitch.batch_size=0", "batch_size 0 must be a whole number >= 1"),
         ("data.eval_limit=0", "data.eval_limit=0: write 1 or more"),
         ("task.eval.eval_pitch.weight=-2", "weight -2 must be a number >= 0"),
+        ("seed=-1", "seed=-1: write a whole number from 0 to 4294967295"),
+        ("seed=4294967296", "seed=4294967296: write a whole number from 0 to 4294967295"),
+        ("seed=1.5", "seed=1.5: write a whole number"),
     ],
 )
 def test_bad_numbers_are_refused_with_what_to_write(make_cfg, no_weights, override, expected):
     assert expected in run_fails(make_cfg, override)
+
+
+def renamed_test_set(cfg, old: str, new: str):
+    with open_dict(cfg):
+        cfg.task.eval[new] = cfg.task.eval.pop(old)
+    return cfg
+
+
+@pytest.mark.parametrize(("name", "bad"), [("eval/pitch", "'/'"), ("pitch:v2?", "':', '?'")])
+def test_test_set_name_that_cannot_be_a_file_name_fails_before_training(
+    make_cfg, no_weights, name, bad
+):
+    cfg = renamed_test_set(make_cfg(*FAST, "logger=none"), "eval_pitch", name)
+    with pytest.raises(ConfigError) as caught:
+        train(cfg)
+    message = str(caught.value)
+    assert f"task.eval.{name!r}" in message and f"cannot be in a file name: {bad}" in message
+    assert f"predictions_{name}.csv" in message and "rename the set" in message
+
+
+def test_test_set_names_are_not_checked_when_not_evaluating(make_cfg):
+    cfg = renamed_test_set(make_cfg(*FAST, "evaluate=false"), "eval_pitch", "eval/pitch")
+    assert check_run(cfg).name == "smoke"
+
+
+def test_a_training_batch_beyond_memory_is_refused_before_it_is_formed(
+    make_cfg, no_weights, monkeypatch
+):
+    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 16 * 2**30)
+    message = run_fails(make_cfg, "data.batch_size=100000")
+    assert "data.batch_size=100000" in message and "16.0 GiB of memory" in message
+    # 200 000 clips of 30 s at 16 kHz in float32: the sort buffer the batch is drawn from
+    # (as large as the batch) and the padded batch itself.
+    assert "about 357.6 GiB" in message and "200000 clips" in message
+    assert "data.crop_seconds=30" in message
+
+
+def test_a_batch_no_machine_can_hold_is_refused_whatever_its_memory(make_cfg, no_weights):
+    assert "data.batch_size=100000000" in run_fails(make_cfg, "data.batch_size=100000000")
+
+
+def test_an_eval_batch_beyond_memory_is_refused_when_the_clip_length_is_known(
+    make_cfg, monkeypatch
+):
+    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 16 * 2**30)
+    cfg = make_cfg(*FAST, "data.eval_batch_size=200000", "data.eval_max_seconds=30")
+    with pytest.raises(ConfigError, match="data.eval_batch_size=200000"):
+        check_run(cfg)
+    # Test clips are encoded whole: without a cut their length is unknown before reading.
+    assert check_run(make_cfg(*FAST, "data.eval_batch_size=200000")).name == "smoke"
+
+
+def test_protocol_batches_pass_the_memory_check_on_a_small_machine(make_cfg, monkeypatch):
+    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 4 * 2**30)
+    # The protocol's batch 4 of 30 s crops, and a GPU-sized test batch of 30 s clips.
+    for overrides in (
+        ("data.batch_size=4", "data.crop_seconds=30"),
+        ("data.eval_batch_size=64", "data.eval_max_seconds=30"),
+        ("task.eval.eval_pitch.batch_size=64", "data.eval_max_seconds=30"),
+    ):
+        assert check_run(make_cfg(*FAST, *overrides)).name == "smoke"
 
 
 def test_all_problems_are_reported_at_once(make_cfg):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants as hf_constants
 
+import xares.data.shards as shards
 from xares.data.prefetch import collect_datasets, load_task_file, main, prefetch
 from xares.data.shards import (
     DownloadError,
@@ -47,7 +48,7 @@ class HubServer:
     file. ``modes[path]`` makes a path misbehave: ``cut_once`` sends half the body
     of the first GET and drops the connection, ``busy_once`` answers the first
     request with 503, ``error`` always answers 500, ``forbidden`` always answers 403,
-    ``slow`` dribbles the body out
+    ``drop`` closes the connection without an answer, ``slow`` dribbles the body out
     so concurrent clients overlap. Every request is recorded as (method, path, headers),
     header names in lower case.
     """
@@ -99,6 +100,9 @@ class HubServer:
         with self._lock:
             self.requests.append((h.command, path, {k.lower(): v for k, v in h.headers.items()}))
         mode = self.modes.get(path, "ok")
+        if mode == "drop":
+            h.close_connection = True
+            return
         if mode == "forbidden":
             self._reply(h, 403, {})
             return
@@ -180,6 +184,8 @@ def _isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XARES_DATA_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
+    # Each test's servers start unknown (a closed port's number may be reused later).
+    monkeypatch.setattr(shards, "_servers", {})
 
 
 @pytest.fixture
@@ -411,7 +417,11 @@ def test_hub_404_fails_fast_naming_the_file(server, monkeypatch):
     text = str(info.value)
     assert "ESC-50/train/nope.tar" in text and REPO in text and server.url in text
     assert "404" in text
-    assert server.requests[0][:2] == ("HEAD", resolve_path("ESC-50/train/nope.tar"))
+    # Asked whether the hub answers at all, then the file's metadata.
+    assert [r[:2] for r in server.requests[:2]] == [
+        ("HEAD", "/"),
+        ("HEAD", resolve_path("ESC-50/train/nope.tar")),
+    ]
     assert server.count(resolve_path("ESC-50/train/nope.tar")) == 0
     assert not (data_home() / REPO / "ESC-50/train/nope.tar").exists()
 
@@ -424,6 +434,53 @@ def test_hub_server_error_is_retried(server, monkeypatch, no_backoff):
     got = resolve_shards("busy.tar", REPO, progress=False)
     assert Path(got[0]).read_bytes() == payload(3000, 6)
     assert server.count(path, "HEAD") == 2 and server.count(path) == 1
+
+
+def test_flaky_hub_is_still_retried(server, monkeypatch, no_backoff):
+    """A 503 to the first question and to the file's first request: a hub that answers."""
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    path = resolve_path("flaky.tar")
+    server.files[path] = payload(2000, 9)
+    server.modes["/"] = "busy_once"
+    server.modes[path] = "busy_once"
+    got = resolve_shards("flaky.tar", REPO, progress=False)
+    assert Path(got[0]).read_bytes() == payload(2000, 9)
+    assert server.count(path, "HEAD") == 2 and server.count(path) == 1
+    assert not list(data_home().rglob("*.lock"))
+
+
+def test_a_shard_without_answer_asks_the_hub_again_and_a_second_one_stops(
+    server, monkeypatch, no_backoff
+):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    names = [f"s_{i}.tar" for i in range(5)]
+    for i, name in enumerate(names):
+        server.files[resolve_path(name)] = payload(500, i)
+    server.modes[resolve_path(names[0])] = "drop"
+    server.modes[resolve_path(names[2])] = "drop"
+    with pytest.raises(MissingShardError) as info:
+        resolve_shards("s_{0..4}.tar", REPO, task="t", progress=False)
+    # s_0 failed but the hub still answered, so s_1 was fetched; s_2 failed too, so the
+    # hub counts as down and s_3, s_4 were not asked for.
+    assert [m.shard for m in info.value.missing] == ["s_0.tar", "s_2.tar", "s_3.tar", "s_4.tar"]
+    assert server.paths("HEAD").count("/") == 2
+    assert server.count(resolve_path(names[1])) == 1
+    assert not server.count(resolve_path(names[3]), "HEAD")
+    assert (data_home() / REPO / names[1]).read_bytes() == payload(500, 1)
+    assert "no usable answer from" in str(info.value) and "make data TASK=t" in str(info.value)
+    assert not list(data_home().rglob("*.lock"))
+
+
+def test_a_hub_found_down_fails_every_later_dataset_without_a_request(
+    monkeypatch, no_backoff, server
+):
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    for shard in ("A/a_{1..3}.tar", "B/b.tar", "C/*.tar"):
+        with pytest.raises(MissingShardError, match="no usable answer from"):
+            resolve_shards(shard, REPO, progress=False)
+    # Another server is still asked: only the one that did not answer is down.
+    server.files["/p.tar"] = b"plain"
+    assert Path(resolve_shards(server.url + "/p.tar", progress=False)[0]).read_bytes() == b"plain"
 
 
 def test_unreachable_hub_lists_every_missing_shard(monkeypatch, no_backoff):
@@ -573,11 +630,12 @@ def test_url_downloaded_once(server):
     assert first == [str(data_home() / "urls" / host / "d" / f"x_{i}.tar") for i in (0, 1)]
     assert Path(first[0]).read_bytes() == payload(5000, 1)
     assert Path(first[1]).read_bytes() == payload(7000, 2)
-    assert len(server.requests) == 2
+    assert server.paths("GET") == ["/d/x_0.tar", "/d/x_1.tar"]
     again = resolve_shards([pattern, pattern], progress=False, offline=True)
     assert again == first
     assert resolve_shards(pattern, progress=False) == first
-    assert len(server.requests) == 2
+    assert server.paths("GET") == ["/d/x_0.tar", "/d/x_1.tar"]
+    assert server.paths("HEAD") == ["/"]  # the server was asked once whether it answers
 
 
 def test_dropped_connection_resumes_with_range(server, no_backoff, monkeypatch):
@@ -592,7 +650,7 @@ def test_dropped_connection_resumes_with_range(server, no_backoff, monkeypatch):
     ranges = [h.get("range") for _, _, h in server.requests]
     assert len(ranges) == 2 and ranges[0] is None
     assert re.fullmatch(r"bytes=(\d+)-", ranges[1]) and 0 < int(ranges[1][6:-1]) <= 3000
-    assert sorted(os.listdir(".")) == [".a.tar.lock", "a.tar"]
+    assert sorted(os.listdir(".")) == ["a.tar"]  # no lock file left behind
 
 
 def test_killed_download_leaves_no_temporary_file_behind(server):
@@ -607,7 +665,7 @@ def test_killed_download_leaves_no_temporary_file_behind(server):
     other.write_bytes(b"busy")
     download_file(server.url + "/k.tar", folder / "k.tar", progress=False)
     assert (folder / "k.tar").read_bytes() == payload(3000, 8)
-    assert sorted(p.name for p in folder.iterdir()) == [".k.tar.lock", other.name, "k.tar"]
+    assert sorted(p.name for p in folder.iterdir()) == [other.name, "k.tar"]
 
 
 def test_url_404_fails_fast_with_the_url(server):
@@ -627,7 +685,7 @@ def test_url_server_error_is_a_clear_error(server):
     assert url in str(info.value) and "HTTP 500" in str(info.value)
     assert "run again later" in str(info.value)
     folder = data_home() / "urls" / f"127.0.0.1_{server.httpd.server_address[1]}"
-    assert [p.name for p in folder.iterdir()] == [".down.tar.lock"]
+    assert list(folder.iterdir()) == []  # neither a partial file nor a stale lock
 
 
 # --------------------------------------------------------------------------- prefetch

@@ -12,7 +12,9 @@ import difflib
 import inspect
 import logging
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -57,6 +59,110 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+# numpy's legacy generator, which Lightning seeds, takes an unsigned 32-bit seed.
+MAX_SEED = 2**32 - 1
+# Characters no file name can hold on Linux, macOS or Windows (control characters too).
+_NOT_IN_FILE_NAMES = set('/\\:*?"<>|')
+_GIB = 2**30
+
+
+def memory_bytes() -> int | None:
+    """The memory this process may use: the machine's, or a container's lower limit."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def _batch_memory_problem(
+    setting: str, rows: int, buffer: int, seconds: float, rate: int, length_from: str, hint: str
+) -> str | None:
+    """A batch whose audio alone cannot fit in memory, said before any clip is read.
+
+    The clips a batch is drawn from (a sort buffer at least as large as the batch) and the
+    padded batch are both held at once, as float32; clips are taken as long as the longest
+    allowed, so short clips are overestimated, but the model's activations for the batch
+    (many times the audio) are left out, so only what cannot possibly run is refused.
+    """
+    memory = memory_bytes()
+    clips = max(rows, buffer) + rows
+    need = clips * seconds * rate * 4
+    if memory is None or need <= memory:
+        return None
+    return (
+        f"{setting}={rows}: forming one batch holds {clips} clips of up to {seconds:g} s "
+        f"({length_from}) at {rate} Hz, about {need / _GIB:.1f} GiB of float32 audio before "
+        f"the model sees it, more than the {memory / _GIB:.1f} GiB of memory here; write a "
+        f"smaller {setting} ({hint})"
+    )
+
+
+def _memory_problems(
+    data: Mapping[str, Any], task: Mapping[str, Any], *, train: bool, evaluate: bool
+) -> list[str]:
+    """Batches (by the data settings and the task's test batch sizes) that cannot fit in memory."""
+    problems: list[str] = []
+    rate = data.get("sample_rate")
+    if not (_int(rate) and rate > 0):
+        return problems  # reported as a bad number already
+    rows, seconds = data.get("batch_size"), data.get("crop_seconds")
+    buffer = data.get("sort_buffer")
+    if train and _int(rows) and rows >= 1 and _positive_number(seconds) and _int(buffer):
+        length = f"data.crop_seconds={seconds:g}"
+        problem = _batch_memory_problem(
+            "data.batch_size", rows, buffer, seconds, rate, length, "the protocol's is 4"
+        )
+        if problem:
+            problems.append(problem)
+    seconds, buffer = data.get("eval_max_seconds"), data.get("eval_sort_buffer")
+    # Test clips are encoded whole: their length is known only when cut.
+    if not (evaluate and _positive_number(seconds) and _int(buffer)):
+        return problems
+    length = f"data.eval_max_seconds={seconds:g}"
+    hint = "scores do not depend on it"
+    shared = data.get("eval_batch_size")
+    if _int(shared) and shared >= 1:
+        problem = _batch_memory_problem(
+            "data.eval_batch_size", shared, buffer, seconds, rate, length, hint
+        )
+        return problems + ([problem] if problem else [])
+    for name, entry in (task.get("eval") or {}).items():
+        rows = entry.get("batch_size") if isinstance(entry, Mapping) else None
+        if _int(rows) and rows >= 1:
+            setting = f"task.eval.{name}.batch_size"
+            problem = _batch_memory_problem(setting, rows, buffer, seconds, rate, length, hint)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _name_problems(names: Any) -> list[str]:
+    """Test set names that cannot be part of a file name, as each set's predictions file is."""
+    problems = []
+    for name in names:
+        name = str(name)
+        bad = sorted({c for c in name if c in _NOT_IN_FILE_NAMES or ord(c) < 32 or ord(c) == 127})
+        if not bad:
+            continue
+        shown = ", ".join(repr(c) for c in bad)
+        fixed = "".join("_" if c in bad else c for c in name)
+        problems.append(
+            f"task.eval.{name!r}: a test set's name is part of the files a run writes "
+            f"(predictions_{name}.csv) and of its metric keys, and these characters cannot be "
+            f"in a file name: {shown}; rename the set, e.g. to {fixed!r}"
+        )
+    return problems
+
+
 def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]:
     """Problems with the numeric run settings (``data``, ``trainer``, ``generation``)."""
     from xares.training.datamodule import TaskDataModule
@@ -98,6 +204,17 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
         "sample_rate",
         _int(value("sample_rate")) and value("sample_rate") > 0,
         "write a rate in Hz, e.g. 16000",
+    )
+
+    if "seed" in cfg:
+        seed = cfg.get("seed")
+        if not (_int(seed) and 0 <= seed <= MAX_SEED):
+            problems.append(
+                f"seed={seed!r}: write a whole number from 0 to {MAX_SEED} (the range numpy's "
+                "random generator accepts), e.g. seed=42"
+            )
+    problems += _memory_problems(
+        data, _plain(cfg.get("task")) or {}, train=train, evaluate=evaluate
     )
 
     trainer = _plain(cfg.get("trainer")) or {}
@@ -163,6 +280,8 @@ def check_run(
     problems = check_settings(cfg, train=train, evaluate=evaluate)
     task = None
     raw = _plain(cfg.task)
+    if evaluate and isinstance(raw, Mapping) and isinstance(raw.get("eval"), Mapping):
+        problems += _name_problems(raw["eval"])
     try:
         task = TaskSpec.parse(raw)
     except TaskConfigError as error:

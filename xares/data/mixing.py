@@ -132,7 +132,11 @@ class TrainMixture(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.sort_buffer = max(sort_buffer, batch_size)
         self.seed = seed
-        self.offset = 0  # set on resume so a continued run does not replay the same samples
+        # Batches already trained on, set on resume. `exact`: the stream goes on where it
+        # stopped (replayed up to there: the batches are drawn again, not trained on);
+        # otherwise it starts afresh from a seed of its own, at no cost.
+        self.offset = 0
+        self.exact = False
         self.ranks: tuple[int, int] | None = None  # (rank, world size), set by the datamodule
 
     def _examples(
@@ -206,7 +210,17 @@ class TrainMixture(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         slot, slots = _process_slot(self.ranks)
-        rng = random.Random(f"{self.seed}-{slot}-{self.offset}")
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # The loader takes one batch from each worker in turn, worker 0 first. After `offset`
+        # batches, the next one was due from reader `offset % workers`: worker w takes the
+        # part of the reader `(w + offset) % workers` and skips the batches it had given,
+        # so the resumed stream is the uninterrupted one, batch for batch.
+        offset = self.offset if self.exact else 0
+        role = (worker + offset) % workers
+        slot += role - worker
+        given = len(range(role, offset, workers))
+        rng = random.Random(f"{self.seed}-{slot}" + ("" if self.exact else f"-{self.offset}"))
         streams = [
             self._examples(s, random.Random(rng.random()), slot, slots) for s in self.sources
         ]
@@ -220,10 +234,12 @@ class TrainMixture(IterableDataset):
                 # under-sample long-clip datasets against their prob, so it starts the next one.
                 carry: list[Example] = []
                 for batch in length_buckets(buffer, self.batch_size, rng):
-                    if len(batch) == self.batch_size:
-                        yield collate(batch, text=self.text, digest=self.digest)
-                    else:
+                    if len(batch) < self.batch_size:
                         carry = batch
+                    elif given > 0:
+                        given -= 1  # trained on before the resume: drawn, not collated
+                    else:
+                        yield collate(batch, text=self.text, digest=self.digest)
                 buffer = carry
 
 

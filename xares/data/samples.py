@@ -25,6 +25,10 @@ class AudioDecodeError(ValueError):
     """A sample's audio member is corrupt, empty or in an unreadable format."""
 
 
+class TruncatedAudioError(AudioDecodeError):
+    """A sample's audio ends before the length its own header gives (a cut copy or download)."""
+
+
 class LabelError(KeyError):
     """None of a dataset's label keys is present in a sample's json."""
 
@@ -110,10 +114,48 @@ def undecodable_formats() -> list[str]:
     return [ext for ext in AUDIO_EXTENSIONS if container.get(ext, ext) not in known]
 
 
+# WAV writers that cannot seek back (a pipe) leave the data size at one of these.
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+
+
+def wav_shortfall(data: bytes) -> tuple[int, int] | None:
+    """(bytes present, bytes declared) of a WAV whose sample data ends early, else ``None``.
+
+    libsndfile reads a cut WAV up to where it ends without a word, so the clip would be
+    scored as a shorter one; the header's own size of the data chunk tells the two apart.
+    """
+    if len(data) < 12 or data[8:12] != b"WAVE" or data[:4] not in (b"RIFF", b"RIFX", b"RF64"):
+        return None
+    order = "big" if data[:4] == b"RIFX" else "little"
+    wide = None  # RF64 keeps the real data size in its ds64 chunk
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], order)
+        body = pos + 8
+        if chunk == b"ds64" and size >= 16:
+            wide = int.from_bytes(data[body + 8 : body + 16], "little")
+        if chunk == b"data":
+            if size == 0xFFFFFFFF and wide is not None:
+                size = wide
+            if size in _UNKNOWN_WAV_SIZES:
+                return None
+            present = len(data) - body
+            return (present, size) if present < size else None
+        pos = body + size + (size & 1)  # chunks are padded to an even length
+    return None
+
+
 def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> torch.Tensor:
     """Decode audio bytes in memory to a mono float tensor at ``sample_rate``."""
     if not data:
         raise AudioDecodeError("empty audio member")
+    short = wav_shortfall(data)
+    if short is not None:
+        raise TruncatedAudioError(
+            f"truncated WAV: its data chunk holds {short[0]} of the {short[1]} bytes its header "
+            "gives (the file was cut short, e.g. by an interrupted copy); re-create the shard "
+            "from an intact copy of the file"
+        )
     try:
         import soundfile
 
@@ -267,6 +309,9 @@ def to_example(
     targets = usable
     try:
         audio = decode_audio(member[1], sample_rate, member[0])
+    except TruncatedAudioError as error:
+        skips.skip("truncated audio", key, str(error), shard)
+        return None
     except AudioDecodeError as error:
         skips.skip("bad audio", key, str(error), shard)
         return None

@@ -11,6 +11,11 @@ files in a dataset repository (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``
 retries, the Xet transfer backend, copying from the user's HF cache) and its
 ``http_get`` for plain URLs (retries, and resuming after a connection dropped in
 the middle of a download; a download that was killed starts over in the next run).
+
+Those retries suit a server that stumbles, not one that is gone: against a hub that
+never answers, each shard would wait minutes. So a server is first asked once, with
+huggingface_hub's own metadata timeout (``HF_HUB_ETAG_TIMEOUT``), and a server that does
+not answer at all fails every shard it holds at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -37,8 +44,13 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import http_get
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, filter_repo_objects
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects, get_session
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 __all__ = [
     "DownloadError",
@@ -58,6 +70,10 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_DATA_HOME = "xares_data"
 REPO_TYPE = "dataset"
 MAX_LISTED = 10
+
+# How long a verdict on a server holds: one run's many datasets ask it once, and a process
+# that lives longer (a notebook, a sweep) asks again, as the network may have come back.
+PROBE_KEPT_S = 300.0
 
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -309,18 +325,28 @@ def resolve_shards(
 
     result: list[str] = []
     seen: set[str] = set()
-    for index, item in enumerate(planned):
-        try:
-            paths = _fetch(item, progress) if isinstance(item, _Remote) else [item]
-        except _Unreachable as err:
-            # Every later shard would wait out the same retries; report them all now.
-            rest = [r.as_missing() for r in planned[index:] if isinstance(r, _Remote)]
-            raise MissingShardError.build(rest, task=task, cache=cache, reason=str(err)) from err
+    unfetched: list[MissingShard] = []
+    reason: str | None = None
+    for item in planned:
+        if isinstance(item, _Remote):
+            try:
+                paths = _fetch(item, progress)
+            except _Unreachable as err:
+                # Kept for the one error below; once its server is found down, the shards
+                # after this one fail without a request (see _failed_on).
+                _failed_on(_server(item), err)
+                reason = reason or str(err)
+                unfetched.append(item.as_missing())
+                continue
+        else:
+            paths = [item]
         for path in paths:
             key = str(path)
             if key not in seen:
                 seen.add(key)
                 result.append(key)
+    if unfetched:
+        raise MissingShardError.build(unfetched, task=task, cache=cache, reason=reason)
     return result
 
 
@@ -518,10 +544,13 @@ class _QuietTqdm(tqdm):
 
 def _fetch(item: _Remote, progress: bool) -> list[Path]:
     if item.repo_id is None:
+        _require_answer(_server(item))
         return [download_file(item.url, item.dest, progress=progress)]
     if not item.is_glob:
+        _require_answer(_server(item))
         return [_fetch_hub_file(item, item.filename, progress)]
     try:
+        _require_answer(_server(item))
         names = _list_hub(item)
     except _Unreachable as err:
         if not item.on_disk:
@@ -534,22 +563,126 @@ def _fetch(item: _Remote, progress: bool) -> list[Path]:
     return paths
 
 
+# --------------------------------------------------------------------------- reachability
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    checked: float  # _now() when it was asked
+    down: str | None  # why the server cannot be used; None: it answers
+    failed: int = 0  # shards that failed for want of an answer since it was last asked
+
+
+_servers: dict[str, _Verdict] = {}
+_servers_lock = threading.Lock()
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _server(item: _Remote) -> str:
+    """What to ask whether ``item`` can be fetched: the hub endpoint, or the URL's server."""
+    if item.repo_id is not None:
+        return hf_endpoint()
+    split = urllib.parse.urlsplit(item.url)
+    return f"{split.scheme.lower()}://{split.netloc.lower()}"
+
+
+def _probe_timeout() -> float:
+    """huggingface_hub's timeout for the metadata request that starts each hub download.
+
+    Read at call time, like ``hf_endpoint``: the library reads it once, at import.
+    """
+    try:
+        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", ""))
+    except ValueError:
+        value = 0.0
+    return value if value > 0 else float(hf_constants.HF_HUB_ETAG_TIMEOUT)
+
+
+def _probe(server: str) -> str | None:
+    """``None`` when ``server`` gives any HTTP answer, else why it gives none.
+
+    Any status counts as an answer: a 503 or 429 is the downloads' own retries' business,
+    and a 404 or 401 their errors'. One request, no retries, through huggingface_hub's
+    client so that its proxy and certificate settings apply.
+    """
+    timeout = _probe_timeout()
+    try:
+        get_session().head(server + "/", timeout=timeout, follow_redirects=False)
+    except (hf_errors.HTTPError, OSError) as err:
+        return (
+            f"no usable answer from {server}: {err or type(err).__name__} (asked once, "
+            f"waiting up to {timeout:g} s, HF_HUB_ETAG_TIMEOUT)"
+        )
+    return None
+
+
+def _require_answer(server: str) -> None:
+    """Raise ``_Unreachable`` unless ``server`` answered when last asked (asking if not lately)."""
+    with _servers_lock:  # concurrent resolvers wait for one probe instead of each sending one
+        verdict = _servers.get(server)
+        if verdict is None or _now() - verdict.checked > PROBE_KEPT_S:
+            verdict = _Verdict(_now(), _probe(server))
+            _servers[server] = verdict
+    if verdict.down:
+        raise _Unreachable(verdict.down, server)
+
+
+def _failed_on(server: str, error: _Unreachable) -> None:
+    """Decide whether ``server`` is down for later shards, after one failed for want of an answer.
+
+    The first such shard asks the server again: if it is gone, every later shard fails at
+    once; if it still answers, only this shard failed. A second failure marks it down
+    without asking, as each shard has waited out huggingface_hub's retries (minutes).
+    """
+    with _servers_lock:
+        verdict = _servers.get(server)
+        if verdict is not None and verdict.down:
+            return
+        failed = (verdict.failed if verdict is not None else 0) + 1
+        down = _probe(server) if failed == 1 else str(error)
+        _servers[server] = _Verdict(_now(), down, failed)
+
+
+# --------------------------------------------------------------------------- transfers
+
+
 def _fetch_hub_file(item: _Remote, name: str, progress: bool) -> Path:
     tqdm_class = None if progress else _QuietTqdm
     dest = item.local_dir.joinpath(*name.split("/"))
     with _claim(dest):
         if not dest.is_file():  # another process may have finished it while we waited
-            with _hub_errors(item, name):
-                hf_hub_download(
-                    item.repo_id,
-                    name,
-                    repo_type=REPO_TYPE,
-                    local_dir=item.local_dir,
-                    endpoint=hf_endpoint(),
-                    tqdm_class=tqdm_class,
-                )
+            try:
+                with _hub_errors(item, name):
+                    hf_hub_download(
+                        item.repo_id,
+                        name,
+                        repo_type=REPO_TYPE,
+                        local_dir=item.local_dir,
+                        endpoint=hf_endpoint(),
+                        tqdm_class=tqdm_class,
+                    )
+            finally:
+                _drop_hub_lock(item.local_dir, name)
             log.info("downloaded %s from %s", name, item.repo_id)
     return dest
+
+
+def _drop_hub_lock(local_dir: Path, name: str) -> None:
+    """Remove the lock file huggingface_hub keeps for ``name``, whether the download worked or not.
+
+    Called under ``_claim``, so no other xares process is downloading ``name`` meanwhile.
+    """
+    try:
+        from huggingface_hub._local_folder import get_local_download_paths
+
+        path = get_local_download_paths(local_dir, name).lock_path
+    except Exception:  # a layout this version of huggingface_hub no longer has
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _list_hub(item: _Remote) -> list[str]:
@@ -713,9 +846,39 @@ def _claim(dest: Path) -> Iterator[None]:
 
     A second process (another DDP rank, a parallel prefetch) waits here and then
     finds the finished file instead of fetching the same bytes again. The lock
-    file is hidden next to ``dest`` and left there: removing it while another
-    process waits on it would let a third one take a fresh lock at once.
+    file is hidden next to ``dest`` and removed when the fetch ends, finished or failed.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(dest.with_name(f".{dest.name}.lock")):
+    path = dest.with_name(f".{dest.name}.lock")
+    if fcntl is None:  # filelock removes its lock file on release on Windows
+        with FileLock(path):
+            yield
+        return
+    fd = _lock(path)
+    try:
         yield
+    finally:
+        # Removed while still held: a process that was waiting finds, once it holds the lock,
+        # that its file is no longer at the path (see _lock), so no two ever write at once.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _lock(path: Path) -> int:
+    """An open descriptor holding an exclusive lock on the file now at ``path``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder before us removed the file it locked; this lock guards nothing.
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            return fd
+        os.close(fd)

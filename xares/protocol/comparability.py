@@ -395,6 +395,17 @@ def verdict(
         if expected_steps is not None and steps != expected_steps:
             reasons.append(_reason("steps", f"trained {steps} steps (protocol: {expected_steps})"))
         trained = numerics_reasons(training, "training", _get(config, "data.batch_size"))
+        inexact = [r["step"] for r in training.get("resumes") or [] if not r.get("exact")]
+        if inexact:
+            reasons.append(
+                _reason(
+                    "resumed",
+                    f"training resumed at step {', '.join(map(str, inexact))} without "
+                    "trainer=deterministic (or with an in-memory feature cache only): what "
+                    "followed is not exactly the uninterrupted run (a deterministic run with "
+                    "speed.feature_cache.dir set, or the cache off, resumes exactly)",
+                )
+            )
     reasons += _both_phases(trained, numerics_reasons(evaluation, "evaluation"))
     if limited_test:
         reasons.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,14 @@ from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec
 from xares.training.termination import leave_sigterm_to_the_main_process
 
 log = logging.getLogger(__name__)
+
+
+def _cpu_count() -> int:
+    """Cores this process may run on: its affinity, which a batch scheduler narrows."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on macOS and Windows
+        return os.cpu_count() or 1
 
 
 def _sources(
@@ -104,6 +113,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.train_sources: list[DatasetSource] | None = None
         self.eval_sources: list[DatasetSource] | None = None
         self.skip_eval: set[str] = set()
+        self._capped: set[int] = set()  # worker counts already warned about
 
     @property
     def eval_specs(self) -> dict[str, dict[str, Any]]:
@@ -148,13 +158,65 @@ class TaskDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return None if trainer is None else (trainer.global_rank, trainer.world_size)
 
-    def _loader(self, dataset) -> DataLoader:
+    def _workers(self, training: list[DatasetSource] | None = None) -> int:
+        """``num_workers`` for one loader, capped where more workers cannot help.
+
+        A worker beyond the cores only competes for them. In training every reader (a worker
+        of a rank) is dealt whole shards of each set (``xares.data.mixing.own_slice``) while
+        there are no more readers than the set has shards; past that the leftover shards are
+        split clip by clip, and a reader whose share of a small set comes up empty reads the
+        whole set instead, training on clips the others also train on. So a training loader
+        has at most as many readers as its smallest set has shards. Test sets are split clip
+        by clip whatever the shards, so only the cores cap them.
+        """
+        requested = self.num_workers
+        if requested <= 1:  # one worker reads what the main process would: nothing to cap
+            return requested
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        per_node = max(1, world // max(1, trainer.num_nodes)) if trainer is not None else 1
+        cores = _cpu_count()
+        limits = [
+            (
+                max(1, cores // per_node),
+                f"this process has {cores} CPU core(s)"
+                + (f" shared by {per_node} ranks" if per_node > 1 else ""),
+            )
+        ]
+        if training:
+            smallest = min(training, key=lambda source: len(source.shards))
+            ranks = f" across {world} ranks" if world > 1 else ""
+            limits.append(
+                (
+                    max(1, len(smallest.shards) // world),
+                    f"the training set {smallest.name} has {len(smallest.shards)} shard(s) to "
+                    f"deal out{ranks}, and a worker past that would get no whole shard of it",
+                )
+            )
+        workers = min(limit for limit, _ in limits)
+        if workers >= requested:
+            return requested
+        if workers not in self._capped:
+            self._capped.add(workers)
+            why = "; ".join(reason for limit, reason in limits if limit == workers)
+            log.warning(
+                "data.num_workers=%d: the %s loader starts %d worker(s) instead: %s. "
+                "data.num_workers=%d or fewer asks for no more than it can use.",
+                requested,
+                "training" if training else "test",
+                workers,
+                why,
+                workers,
+            )
+        return workers
+
+    def _loader(self, dataset, workers: int) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             persistent_workers=False,
-            prefetch_factor=4 if self.num_workers > 0 else None,
+            prefetch_factor=4 if workers > 0 else None,
             # Page-locked batches let the copy to the GPU overlap the previous step.
             pin_memory=self._on_cuda(),
             worker_init_fn=leave_sigterm_to_the_main_process,
@@ -174,9 +236,11 @@ class TaskDataModule(pl.LightningDataModule):
             digest=self.digest,
         )
         if self.trainer is not None:
-            mixture.offset = self.trainer.global_step
+            # Batches trained on before a resume (Lightning's global_step counts skipped ones).
+            mixture.offset = self.trainer.global_step * self.trainer.accumulate_grad_batches
+            mixture.exact = torch.are_deterministic_algorithms_enabled()
         mixture.ranks = self._ranks()
-        return self._loader(mixture)
+        return self._loader(mixture, self._workers(self.train_sources))
 
     def test_dataloader(self) -> DataLoader:
         """One loader over every test set in order (see :class:`EvalSuite`)."""
@@ -204,4 +268,4 @@ class TaskDataModule(pl.LightningDataModule):
         ranks = self._ranks()
         for eval_set in sets:
             eval_set.ranks = ranks
-        return self._loader(EvalSuite(sets))
+        return self._loader(EvalSuite(sets), self._workers())

@@ -88,6 +88,7 @@ class AudioLLMModule(pl.LightningModule):
         self.training_record: dict[str, Any] | None = None
         self.evaluation_record: dict[str, Any] | None = None
         self._resumed_record: dict[str, Any] | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
         # Resuming an interrupted evaluation: where finished sets are kept, and the sets
         # reused from it (their parts, one per process), which the test loader skips.
         self.scored_sets: ScoredSets | None = None
@@ -133,6 +134,13 @@ class AudioLLMModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        state, self._rng_to_restore = self._rng_to_restore, None
+        if state:
+            torch.set_rng_state(state["torch"])
+            if state.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
     def _one_more_step(self) -> None:
         """Lightning counts a skipped batch as an optimiser step (global_step); the budget grows
         by one so that ``max_steps`` real updates still happen."""
@@ -170,7 +178,20 @@ class AudioLLMModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         current = phase_record(self.trainer, self.model.resolved_speed)
-        self.training_record = merge_records(self._resumed_record, current)
+        previous = self._resumed_record
+        self.training_record = merge_records(previous, current)
+        if previous is not None and not previous.get("unknown"):
+            # Deterministic runs resume exactly (the stream and the random state go on where
+            # they stopped); others go on with a fresh stream, which the verdict names.
+            # An in-memory feature cache dies with the process: the clips it held are encoded
+            # again, in other batches, which can move their features in the last bit.
+            cache = self.model.feature_cache
+            kept = cache is None or cache.directory is not None
+            resume = {
+                "step": int(self.global_step),
+                "exact": torch.are_deterministic_algorithms_enabled() and kept,
+            }
+            self.training_record["resumes"] = [*previous.get("resumes", []), resume]
         # A resumed fit: the steps skipped before the checkpoint are owed too.
         for _ in range(self.skipped_steps):
             self._one_more_step()
@@ -187,6 +208,11 @@ class AudioLLMModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["xares_config"] = self.config
+        # Where the random streams of training (LoRA dropout) stood, for an exact resume.
+        checkpoint["xares_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        }
         if self.training_record is not None:
             checkpoint["xares_training"] = {
                 **self.training_record,
@@ -202,6 +228,9 @@ class AudioLLMModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A resumed fit: what the first part ran with is merged into the record at its start.
         self._resumed_record = checkpoint.get("xares_training") or {"unknown": UNRECORDED}
+        # Restored at the first batch, not here: starting the loader draws from torch's
+        # generator, which the uninterrupted run did once, before its first step.
+        self._rng_to_restore = checkpoint.get("xares_rng")
         self.skipped_steps = int(self._resumed_record.get("skipped_steps") or 0)
 
     def load_training_record(self, checkpoint: Mapping[str, Any]) -> None:
