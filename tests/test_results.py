@@ -264,3 +264,30 @@ def test_a_run_with_nothing_scored_returns_no_overall_to_a_sweeper():
     assert overall_score(nothing) is None  # ... the command returns no number
     assert overall_score({}) is None and overall_score(None) is None
     assert overall_score({"overall": 0.25}) == 0.25
+
+
+def test_every_skipped_clip_is_listed_by_key_and_reason(make_cfg, tmp_path, data_home, capsys):
+    bad_test = corrupt_shard(tmp_path / "bad" / "melody.tar", count=5)
+    bad_train = corrupt_shard(tmp_path / "bad" / "train.tar", count=3)
+    cfg = make_cfg(
+        *FAST,
+        "logger=none",
+        "trainer.max_steps=4",
+        f"task.eval.eval_melody.shards=[{bad_test}]",
+        # Broken clips among good ones: a training set with nothing usable is an error.
+        f"task.train.melody.shards=['{data_home}/smoke/melody/train/*.tar','{bad_train}']",
+        "allow_partial=true",
+        "data.num_workers=1",  # the list crosses the loader's process boundary
+    )
+    train(cfg)
+    with open(tmp_path / "run" / "skipped.tsv") as f:
+        listed = list(csv.DictReader(f, delimiter="\t"))
+    test = [r for r in listed if r["phase"] == "test"]
+    assert sorted(r["key"] for r in test) == [f"k{i}" for i in range(5)]
+    assert all(r["set"] == "eval_melody" and r["reason"] == "bad audio" for r in test)
+    assert all(r["shard"].endswith("melody.tar") and r["detail"] for r in test)
+    # Training reads its sets again and again: each skipped clip is listed once.
+    trained = [r for r in listed if r["phase"] == "train"]
+    assert sorted(r["key"] for r in trained) == ["k0", "k1", "k2"]
+    assert {r["set"] for r in trained} == {"melody"}
+    assert "each listed in skipped.tsv" in capsys.readouterr().out

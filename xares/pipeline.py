@@ -279,6 +279,7 @@ def evaluate_and_report(
     print("\n" + report.format_table(summary), flush=True)
     try:
         report.write_reports(out, module.results, run_name=run_name, summary=summary)
+        report.write_skipped(out, module.results, module.train_skipped.items())
     except OSError as error:
         raise ReportWriteError(
             f"the score files could not be written to {out}: {error}. The table above is this "

@@ -118,7 +118,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
     footer.append([label, "", _fmt(summary["overall"]), "", *blank, ""])
     notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
     notes += [
-        f"  {t['task']}: dropped " + ", ".join(f"{n} ({why})" for why, n in t["dropped"].items())
+        f"  {t['task']}: dropped "
+        + ", ".join(f"{n} ({why})" for why, n in t["dropped"].items())
+        + f", each listed in {SKIPPED_FILE}"
         for t in tasks
         if t.get("dropped")
     ]
@@ -243,6 +245,35 @@ def write_reports(
                 for reference in row["references"]:
                     writer.writerow([row["key"], row["prompt"], row["prediction"], reference])
     return summary
+
+
+SKIPPED_FILE = "skipped.tsv"
+
+
+def write_skipped(
+    output_dir: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    training: Iterable[tuple[tuple[str, str, str], Mapping[str, str]]] = (),
+) -> Path | None:
+    """Every clip the run left out, by phase, set, key, shard and reason, in ``skipped.tsv``
+    (the log names only the first few of each reason); ``None`` when nothing was skipped."""
+    lines = [
+        ("train", task, clip["key"], clip["shard"], clip["reason"], clip["detail"])
+        for (task, _, _), clip in sorted(training, key=lambda item: item[0])
+    ]
+    lines += [
+        ("test", r["task"], c["key"], c["shard"], c["reason"], c["detail"])
+        for r in results
+        for c in r.get("skipped_clips") or []
+    ]
+    if not lines:
+        return None
+    path = Path(output_dir) / SKIPPED_FILE
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["phase", "set", "key", "shard", "reason", "detail"])
+        writer.writerows(lines)
+    return path
 
 
 def _json_safe(value: Any) -> Any:

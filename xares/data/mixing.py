@@ -225,6 +225,17 @@ class TrainMixture(IterableDataset):
             self._examples(s, random.Random(rng.random()), slot, slots) for s in self.sources
         ]
         indices = range(len(streams))
+        listed = [len(s.skips.entries) for s in self.sources]
+
+        def newly_skipped() -> dict[str, list[dict[str, str]]]:
+            """The clips skipped since the last batch, for the run's list of them."""
+            clips = {}
+            for i, source in enumerate(self.sources):
+                if len(source.skips.entries) > listed[i]:
+                    clips[source.name] = source.skips.entries[listed[i] :]
+                    listed[i] = len(source.skips.entries)
+            return clips
+
         buffer: list[Example] = []
         while True:
             (choice,) = rng.choices(indices, weights=self.weights)
@@ -239,7 +250,9 @@ class TrainMixture(IterableDataset):
                     elif given > 0:
                         given -= 1  # trained on before the resume: drawn, not collated
                     else:
-                        yield collate(batch, text=self.text, digest=self.digest)
+                        batch = collate(batch, text=self.text, digest=self.digest)
+                        batch["skipped_clips"] = newly_skipped()
+                        yield batch
                 buffer = carry
 
 
@@ -283,11 +296,16 @@ class EvalSet(IterableDataset):
         shard_skips = source.skips if slot == 0 else SkipCounter(source.name)
         # Counts from an earlier pass over this source were reported then.
         reported = Counter(source.skips.counts)
+        listed = len(source.skips.entries)
 
         def with_skips(batch: dict) -> dict:
+            nonlocal listed
             fresh = source.skips.counts - reported
             reported.update(fresh)
             batch["skipped"] = {source.name: dict(fresh)} if fresh else {}
+            clips = source.skips.entries[listed:]
+            listed = len(source.skips.entries)
+            batch["skipped_clips"] = {source.name: clips} if clips else {}
             return batch
 
         buffer: list[Example] = []

@@ -49,9 +49,19 @@ class SkipCounter:
 
     dataset: str
     counts: Counter = field(default_factory=Counter)
+    # Each skipped clip once (a training set is read again every pass): the run lists them all
+    # in skipped.tsv, beyond the few the log names.
+    entries: list[dict[str, str]] = field(default_factory=list)
+    _listed: set[tuple[str, str, str]] = field(default_factory=set, repr=False)
 
     def skip(self, reason: str, key: str, detail: str, shard: str | None = None) -> None:
         self.counts[reason] += 1
+        mark = (reason, key, shard or "")
+        if mark not in self._listed:
+            self._listed.add(mark)
+            self.entries.append(
+                {"key": key, "shard": shard or "", "reason": reason, "detail": detail}
+            )
         count = self.counts[reason]
         if count <= 3 or count % 100 == 0:
             log.warning(

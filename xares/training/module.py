@@ -79,8 +79,11 @@ class AudioLLMModule(pl.LightningModule):
         self.strict_loading = False
         self._bad_steps = 0
         self.skipped_steps = 0  # non-finite losses whose step was skipped, over the whole fit
+        # Training clips skipped (bad audio, missing label...), each once: (set, key, reason).
+        self.train_skipped: dict[tuple[str, str, str], dict[str, str]] = {}
         self._stepped = True
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._skipped_clips: dict[str, list[dict[str, str]]] = defaultdict(list)
         self._dropped: dict[str, Counter] = defaultdict(Counter)
         self.results: list[dict[str, Any]] = []
         # How the model was trained (None: not trained) and how its answers were generated,
@@ -110,6 +113,9 @@ class AudioLLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
+        for task, clips in (batch.get("skipped_clips") or {}).items():
+            for clip in clips:
+                self.train_skipped.setdefault((task, clip["key"], clip["reason"]), clip)
         loss = self.model.batch_loss(batch)
         if not torch.isfinite(loss):
             self._bad_steps += 1
@@ -250,6 +256,7 @@ class AudioLLMModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._rows = defaultdict(list)
         self._dropped = defaultdict(Counter)
+        self._skipped_clips = defaultdict(list)
         self._finished = Counter()
         self._scored: dict[str, dict[str, Any]] = {}
         self.results = []
@@ -261,6 +268,8 @@ class AudioLLMModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         for task, counts in (batch.get("skipped") or {}).items():
             self._dropped[task].update(counts)
+        for task, clips in (batch.get("skipped_clips") or {}).items():
+            self._skipped_clips[task].extend(clips)
         if batch["keys"]:
             predictions = self.model.batch_answers(batch)
             for key, task, prompt, prediction, refs in zip(
@@ -279,10 +288,11 @@ class AudioLLMModule(pl.LightningModule):
         one process score it now (the log shows the scores as the evaluation goes)."""
         rows = sorted(self._rows.get(task, []), key=lambda r: r["key"])
         dropped = dict(sorted(self._dropped.get(task, Counter()).items()))
-        payload: dict[str, Any] = {"rows": rows, "dropped": dropped}
+        clips = list(self._skipped_clips.get(task, []))
+        payload: dict[str, Any] = {"rows": rows, "dropped": dropped, "skipped_clips": clips}
         alone = self._trainer is None or self.trainer.world_size == 1
         if alone and task in self.eval_sets:
-            result = self._score(task, rows, dropped)
+            result = self._score(task, rows, dropped, clips)
             self._scored[task] = result
             payload |= {"score": result["score"], "note": result["note"]}
             done = len(self._scored) + len(self.reused)
@@ -297,23 +307,29 @@ class AudioLLMModule(pl.LightningModule):
         if self.scored_sets is not None:
             self.scored_sets.save(task, payload)
 
-    def _gathered_rows(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Counter]]:
-        rows, dropped = dict(self._rows), dict(self._dropped)
+    def _gathered_rows(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Counter], dict]:
+        rows, dropped, clips = dict(self._rows), dict(self._dropped), dict(self._skipped_clips)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             parts: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, (rows, dropped))
-            rows, dropped = defaultdict(list), defaultdict(Counter)
-            for part_rows, part_dropped in parts:
+            torch.distributed.all_gather_object(parts, (rows, dropped, clips))
+            rows, dropped, clips = defaultdict(list), defaultdict(Counter), defaultdict(list)
+            for part_rows, part_dropped, part_clips in parts:
                 for task, items in part_rows.items():
                     rows[task].extend(items)
                 for task, counts in part_dropped.items():
                     dropped[task].update(counts)
+                for task, items in part_clips.items():
+                    clips[task].extend(items)
         # Deterministic order whatever the number of workers or ranks.
         ordered = {task: sorted(items, key=lambda r: r["key"]) for task, items in rows.items()}
-        return ordered, dropped
+        return ordered, dropped, clips
 
     def _score(
-        self, name: str, items: list[dict[str, Any]], dropped: Mapping[str, int]
+        self,
+        name: str,
+        items: list[dict[str, Any]],
+        dropped: Mapping[str, int],
+        skipped_clips: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         """The result of one test set from its answers."""
         spec = self.eval_sets[name]
@@ -328,6 +344,8 @@ class AudioLLMModule(pl.LightningModule):
             "clips": len(items),
             # Test samples left out, by reason (bad audio, corrupt or missing label...).
             "dropped": dict(sorted(dropped.items())),
+            # Each of them by key, shard and reason (skipped.tsv).
+            "skipped_clips": sorted(skipped_clips or [], key=lambda c: (c["reason"], c["key"])),
             "rows": items,
             "score": float("nan"),
             "note": "",
@@ -359,7 +377,7 @@ class AudioLLMModule(pl.LightningModule):
         return result
 
     def on_test_epoch_end(self) -> None:
-        rows, dropped = self._gathered_rows()
+        rows, dropped, clips = self._gathered_rows()
         results = []
         for name in self.eval_sets:
             if name in self.reused:
@@ -368,12 +386,15 @@ class AudioLLMModule(pl.LightningModule):
                 counts: Counter = Counter()
                 for part in parts:
                     counts.update(part.get("dropped") or {})
+                kept = [c for part in parts for c in part.get("skipped_clips") or []]
                 # Scored again from the kept answers: cheap next to generating them.
-                result = self._score(name, items, counts)
+                result = self._score(name, items, counts, kept)
             elif name in self._scored:
                 result = self._scored[name]
             else:
-                result = self._score(name, rows.get(name, []), dropped.get(name, Counter()))
+                result = self._score(
+                    name, rows.get(name, []), dropped.get(name, Counter()), clips.get(name)
+                )
             if not math.isnan(result["score"]):
                 self.log(f"test/{name}/{result['metric']}", result["score"], rank_zero_only=True)
             results.append(result)
