@@ -163,6 +163,7 @@ def test_train_writes_only_its_run_dir_and_evaluate_rescores_it(tmp_path, monkey
     assert not any("None" in p.parts for p in tree(work))
 
 
+@pytest.mark.slow  # a minute of training runs; `make test-full` runs it
 def test_train_twice_in_one_process(tmp_path, monkeypatch, data_home):
     monkeypatch.chdir(tmp_path)
     # Under SLURM the job id names the folder: both calls would get the same one.

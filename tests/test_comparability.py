@@ -175,6 +175,7 @@ def test_the_printed_table_ends_with_the_verdict_in_one_line():
     assert last == "NOT comparable with the XARES-LLM challenge's public results: only 4 clips; y"
 
 
+@pytest.mark.slow  # a minute of training runs; `make test-full` runs it
 def test_wandb_gets_the_verdict(tmp_path, monkeypatch):
     import wandb
 

@@ -65,6 +65,7 @@ def test_a_deterministic_run_killed_and_resumed_equals_the_uninterrupted_one(
     assert "resumed" not in {r["code"] for r in resumed["comparability"]["reasons"]}
 
 
+@pytest.mark.slow  # a minute of training runs; `make test-full` runs it
 def test_a_resume_that_is_not_exact_says_so(make_cfg, tmp_path, monkeypatch):
     resumed = killed_then_resumed(make_cfg, monkeypatch, tmp_path / "killed")
     reason = next(r for r in resumed["comparability"]["reasons"] if r["code"] == "resumed")

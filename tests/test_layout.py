@@ -1,5 +1,6 @@
-"""The house: imports go one way. No module imports the entry points, and no import
-circles (module A needs B needs A), counting imports inside functions too."""
+"""The house: imports go one way. No module imports the entry points (but the Python API, which
+wraps them), and no import circles (module A needs B needs A), counting imports inside
+functions too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xares"
 ENTRY_POINTS = {"xares.train", "xares.evaluate"}
+# The Python entry point wraps the two command-line ones (as Hydra's CLI does): it alone may
+# import them, and nothing imports it.
+FACADE = "xares.api"
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +80,8 @@ def test_no_module_imports_an_entry_point():
     graph = import_graph()
     assert ENTRY_POINTS <= set(graph)
     importers = {name: sorted(ENTRY_POINTS & targets) for name, targets in graph.items()}
-    assert {name: hit for name, hit in importers.items() if hit} == {}
+    assert {name: hit for name, hit in importers.items() if hit and name != FACADE} == {}
+    assert [name for name, targets in graph.items() if FACADE in targets] == []
 
 
 def test_no_import_circles():

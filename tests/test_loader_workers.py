@@ -91,6 +91,7 @@ def test_sane_worker_counts_are_kept_without_a_warning(smoke_task, monkeypatch, 
     assert cap_warnings(caplog) == []
 
 
+@pytest.mark.slow  # a minute of training runs; `make test-full` runs it
 def test_many_workers_score_what_a_sane_number_scores(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr("xares.training.datamodule._cpu_count", lambda: 2)
     outputs = []

@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from xares.atomic import write_text
-from xares.report import separate_namesakes
+from xares.namesakes import separate_namesakes
 
 ASSETS = Path(__file__).resolve().parent / "report_assets"
 BASELINES = ASSETS / "published_baselines.yaml"
