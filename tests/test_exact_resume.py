@@ -39,13 +39,13 @@ def weights(run) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-def killed_then_resumed(make_cfg, monkeypatch, run, *overrides):
+def killed_then_resumed(make_cfg, monkeypatch, run, *overrides, step: int = 20):
     with monkeypatch.context() as patch:
-        kill_at(patch, 20)  # the step-20 checkpoint is written; step 21 never runs
+        kill_at(patch, step)  # the checkpoint of that step is written; the next never runs
         with pytest.raises(Killed):
             train(make_cfg(*COMMON, *overrides, output_dir=run))
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 20
+    assert last["global_step"] == step
     return train(make_cfg(*COMMON, *overrides, f"ckpt_path={run}", output_dir=run))
 
 
@@ -73,3 +73,20 @@ def test_a_resume_that_is_not_exact_says_so(make_cfg, tmp_path, monkeypatch):
     # Deterministic, but with the in-memory feature cache alone: not exact either.
     again = killed_then_resumed(make_cfg, monkeypatch, tmp_path / "memory", "trainer=deterministic")
     assert "resumed" in {r["code"] for r in again["comparability"]["reasons"]}
+
+
+@pytest.mark.slow  # a minute of training runs; `make test-full` runs it
+def test_with_loader_workers_the_resumed_stream_goes_on_in_turn(make_cfg, tmp_path, monkeypatch):
+    """Batches come from the workers in turn: after the resume, the next worker's turn."""
+    exact = [
+        "trainer=deterministic",
+        f"speed.feature_cache.dir={tmp_path / 'features'}",
+        "data.num_workers=2",
+        # An odd step: the first batch after the resume is the second worker's turn.
+        "callbacks.model_checkpoint.every_n_train_steps=7",
+    ]
+    train(make_cfg(*COMMON, *exact, output_dir=tmp_path / "whole"))
+    shutil.rmtree(tmp_path / "features")
+    killed_then_resumed(make_cfg, monkeypatch, tmp_path / "killed", *exact, step=21)
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
