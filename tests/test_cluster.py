@@ -143,6 +143,7 @@ def test_local_launcher_runs_a_two_encoder_sweep(tmp_path, data_home):
     assert overalls == expected
 
 
+@pytest.mark.slow  # over a minute of subprocesses; `make test-full` runs it
 def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_home):
     result, sweep, script = slurm_sweep(
         tmp_path,
@@ -173,6 +174,7 @@ def test_slurm_launcher_submits_one_array_and_collects_every_run(tmp_path, data_
         assert result.overrides[0] == f"encoder={name.split('_')[1]}"
 
 
+@pytest.mark.slow  # over a minute of subprocesses; `make test-full` runs it
 def test_ddp_across_two_slurm_nodes_gathers_one_table(tmp_path, data_home):
     result, sweep, script = slurm_sweep(
         tmp_path,
