@@ -25,7 +25,7 @@ from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import log_final_scores
-from xares.training.module import AudioLLMModule
+from xares.training.module import AudioLLMModule, phase_record
 from xares.training.scored_sets import ScoredSets, evaluation_key, weights_digest
 
 log = logging.getLogger(__name__)
@@ -187,14 +187,11 @@ def reuse_scored_sets(
 ) -> list[str]:
     """Point the module at the finished test sets of this model and settings, and skip the
     ones an interrupted evaluation already scored (unless not ``reuse``); returns those."""
-    device = trainer.strategy.root_device
-    resolved = module.model.speed.resolve(device)
-    numerics = {
-        "device": device.type,
-        "decoder_dtype": str(resolved["decoder_dtype"]),
-        "matmul_precision": resolved["matmul_precision"],
-        "precision": str(trainer.precision),
-    }
+    # How the answers will be computed, in the evaluation record's own terms; the slicing
+    # (world size, workers) enters the key on its own.
+    numerics = phase_record(trainer, module.model.speed.resolve(trainer.strategy.root_device))
+    for slicing in ("world_size", "accumulate_grad_batches"):
+        numerics.pop(slicing)
     key = evaluation_key(
         module.config,
         weights_digest(module.state_dict()),
