@@ -273,7 +273,7 @@ def time_test_loop(args, setting: str, device: torch.device) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from xares.train import train
+    from xares.run.train import train
 
     out = args.work / f"test-loop-{setting}"
     overrides = [

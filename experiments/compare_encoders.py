@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xares.report import compare_table, load_run_scores  # noqa: E402
+from xares.results.cli import compare_table  # noqa: E402
+from xares.results.scores import load_run_scores  # noqa: E402
 
 
 def main() -> int:

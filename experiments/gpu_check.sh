@@ -30,7 +30,7 @@ run() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site XARES_DATA_HOME=${XARES_DATA_HOME:-/tmp/xd}
-  python3 -c "from xares.data.mini import ensure_mini_suite; \
+  python3 -c "from xares.suites.mini import ensure_mini_suite; \
 ensure_mini_suite('$XARES_DATA_HOME/mini', workers=16, progress=False)"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt"
   local common=(task=mini encoder=dummy encoder.frame_rate=25 encoder.output_dim=768

@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
 
 from xares import api
-from xares.run_dir import RunDirError
+from xares.run.directory import RunDirError
 
 QUIET = [*FAST, "logger=none"]
 
@@ -205,8 +205,8 @@ def test_train_twice_in_one_process(tmp_path, monkeypatch, data_home):
 
 
 def test_a_config_composed_by_hand_without_a_run_directory_is_refused(tmp_path, monkeypatch):
-    from xares.pipeline import NoRunDirectoryError
-    from xares.train import train as train_from_config
+    from xares.run.pipeline import NoRunDirectoryError
+    from xares.run.train import train as train_from_config
 
     monkeypatch.chdir(tmp_path)
     GlobalHydra.instance().clear()

@@ -16,8 +16,8 @@ import torch
 from conftest import FAST, compose_config
 from small_disk import small_disk
 
-from xares.evaluate import evaluate, evaluation_config
-from xares.train import train
+from xares.run.evaluate import evaluate, evaluation_config
+from xares.run.train import train
 from xares.training import checkpoint as checkpoint_module
 from xares.training.checkpoint import (
     DIGEST_KEY,
@@ -46,7 +46,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the checkpoint was checked")
 
-    monkeypatch.setattr("xares.pipeline.build_model", refuse)
+    monkeypatch.setattr("xares.run.pipeline.build_model", refuse)
 
 
 def test_empty_and_truncated_checkpoints_name_the_file(trained, tmp_path):

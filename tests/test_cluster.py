@@ -22,7 +22,7 @@ from conftest import CONF, FAST, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from xares.run_dir import register_resolvers
+from xares.run.directory import register_resolvers
 
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 
@@ -222,7 +222,7 @@ def test_slurm_time_limit_stops_the_run_with_a_checkpoint(tmp_path, data_home):
 
 
 def test_ddp_that_lightning_would_restart_is_refused_in_a_sweep(make_cfg):
-    from xares.pipeline import build_trainer
+    from xares.run.pipeline import build_trainer
 
     ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none")
     assert build_trainer(make_cfg(*FAST, *ddp)).num_devices == 2  # a single run: fine

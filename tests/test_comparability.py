@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from xares.models.speed import Speed
 from xares.protocol import challenge_tasks, expected_task, is_challenge_task
 from xares.protocol.comparability import format_verdict, merge_records, verdict
-from xares.report import format_table, summarise
+from xares.results.scores import format_table, summarise
 from xares.training.module import UNRECORDED, phase_record
 
 

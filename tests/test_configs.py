@@ -378,7 +378,7 @@ def test_task_composes_with_complete_train_and_eval(task, make_cfg):
 
 
 def test_run_id_is_unique_per_process_and_stable_under_slurm(monkeypatch):
-    from xares.run_dir import run_id
+    from xares.run.directory import run_id
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)

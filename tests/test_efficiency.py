@@ -11,9 +11,9 @@ import torch
 from conftest import FAST
 from hydra.utils import instantiate
 
-from xares import report
-from xares.evaluate import evaluate
-from xares.train import train
+from xares.results import scores
+from xares.run.evaluate import evaluate
+from xares.run.train import train
 from xares.training.callbacks import Efficiency
 
 HOP = 640  # 25 frames per second of 16 kHz audio
@@ -176,9 +176,9 @@ def test_encoder_hooks_count_audio_frames_and_calls(pass_mask):
 
 def test_summary_without_efficiency_and_ranked_lines(tmp_path):
     results = [{"task": "t", "metric": "Accuracy", "score": 0.5, "weight": 1.0, "rows": []}]
-    summary = report.write_reports(tmp_path, results)
+    summary = scores.write_reports(tmp_path, results)
     assert "efficiency" not in json.loads((tmp_path / "scores.json").read_text())
-    assert "efficiency" not in report.format_table(summary)
+    assert "efficiency" not in scores.format_table(summary)
 
     block = {
         "device": "cuda:0 (GPU)",
@@ -191,7 +191,7 @@ def test_summary_without_efficiency_and_ranked_lines(tmp_path):
         "peak_memory_kind": "cuda max allocated",
         "seconds": {"setup": 1.0, "train": None, "eval": 2.0, "total": 3.5},
     }
-    lines = report.format_efficiency(block)
+    lines = scores.format_efficiency(block)
     assert lines[1] == "efficiency (cuda:0 (GPU); rank 0's numbers, of 2 ranks)"
     assert "  eval     - clips/s (4 clips in 0.0 s of test loop)" in lines
     assert "  memory   10 MB peak (cuda max allocated)" in lines

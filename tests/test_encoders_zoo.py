@@ -446,7 +446,7 @@ def test_dasheng_original_checkpoint_loads(checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_train_runs_with_a_zoo_encoder(make_cfg, checkpoints):
-    from xares.train import train
+    from xares.run.train import train
 
     cfg = zoo_cfg(
         make_cfg,

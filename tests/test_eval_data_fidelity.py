@@ -21,9 +21,9 @@ import torch
 import torchaudio
 
 import xares.data.mixing as mixing
-from xares import report
 from xares.data.mixing import DatasetSource, EvalSet
 from xares.data.samples import SkipCounter, decode_audio, looks_corrupt, to_example
+from xares.results import scores
 from xares.training.module import AudioLLMModule
 
 SR = 16000
@@ -208,12 +208,12 @@ def test_dropped_counts_are_in_the_results_and_scores_json(tmp_path):
     (result,) = module.results
     assert result["score"] == 0.5 and result["clips"] == 2
     assert result["dropped"] == {"corrupt label": 2, "no audio": 1}
-    summary = report.write_reports(tmp_path, module.results)
+    summary = scores.write_reports(tmp_path, module.results)
     assert json.loads((tmp_path / "scores.json").read_text())["tasks"][0]["dropped"] == {
         "corrupt label": 2,
         "no audio": 1,
     }
-    assert "eval_t: dropped 2 (corrupt label), 1 (no audio)" in report.format_table(summary)
+    assert "eval_t: dropped 2 (corrupt label), 1 (no audio)" in scores.format_table(summary)
 
 
 def test_protocol_run_has_no_eval_crop_and_full_window_whisper(make_cfg):

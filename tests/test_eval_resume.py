@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import FAST, compose_config
 
-from xares.evaluate import evaluate
 from xares.models.audio_llm import AudioLLM
-from xares.train import train
+from xares.run.evaluate import evaluate
+from xares.run.train import train
 from xares.training.module import AudioLLMModule
 from xares.training.scored_sets import FOLDER, ScoredSets
 

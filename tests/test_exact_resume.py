@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import FAST
 
-from xares.train import train
+from xares.run.train import train
 from xares.training.module import AudioLLMModule
 
 COMMON = [

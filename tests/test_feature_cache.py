@@ -283,7 +283,7 @@ def test_a_file_without_a_checksum_is_not_trusted(mel, tmp_path):
 
 
 def test_corrupted_cache_files_leave_a_runs_score_unchanged(make_cfg, tmp_path, caplog):
-    from xares.train import train
+    from xares.run.train import train
 
     features = tmp_path / "features"
     quick = [*FAST, "logger=none", f"speed.feature_cache.dir={features}"]

@@ -10,10 +10,10 @@ import pytest
 from conftest import FAST
 from huggingface_hub import constants as hf_constants
 
-import xares.data.shards as shards
+import xares.data.download as download
 from xares.data.shards import MissingShardError, resolve_shards
-from xares.train import train
-from xares.validation import check_data, check_run
+from xares.run.train import train
+from xares.run.validation import check_data, check_run
 
 REPO = "mispeech/xares_llm_data"
 # The run must stop well inside this; before the probe it waited minutes per shard.
@@ -50,7 +50,7 @@ class SilentServer:
 def silent(monkeypatch, tmp_path):
     for name in ("HF_HUB_OFFLINE", "XARES_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(shards, "_servers", {})
+    monkeypatch.setattr(download, "_servers", {})
     server = SilentServer()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     yield server
@@ -123,13 +123,13 @@ def test_a_challenge_run_against_a_silent_hub_stops_with_one_error(silent, make_
 def test_a_later_run_asks_the_silent_hub_again(silent, tmp_path, monkeypatch):
     """The verdict is kept for one run's datasets, not for good: the network may come back."""
     clock = [1000.0]
-    monkeypatch.setattr(shards, "_now", lambda: clock[0])
+    monkeypatch.setattr(download, "_now", lambda: clock[0])
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
     for _ in range(2):
         with pytest.raises(MissingShardError):
             resolve_shards("a.tar", REPO, progress=False, cache_dir=tmp_path)
     assert len(silent.connections) == 1
-    clock[0] += shards.PROBE_KEPT_S + 1
+    clock[0] += download.PROBE_KEPT_S + 1
     with pytest.raises(MissingShardError):
         resolve_shards("a.tar", REPO, progress=False, cache_dir=tmp_path)
     assert len(silent.connections) == 2
@@ -141,7 +141,7 @@ def test_fast_dev_run_against_a_silent_hub_ends_before_any_weights(
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built although the shards cannot be fetched")
 
-    monkeypatch.setattr("xares.pipeline.build_model", refuse)
+    monkeypatch.setattr("xares.run.pipeline.build_model", refuse)
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
 
     cfg = make_cfg(

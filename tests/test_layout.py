@@ -8,10 +8,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xares"
-ENTRY_POINTS = {"xares.train", "xares.evaluate"}
+ENTRY_POINTS = {"xares.run.train", "xares.run.evaluate"}
 # The Python entry point wraps the two command-line ones (as Hydra's CLI does): it alone may
 # import them, and nothing imports it.
 FACADE = "xares.api"
+# `python -m xares.evaluate` and `python -m xares.report`: the commands users type, kept where
+# they were; each only hands over to the module that does the work.
+COMMANDS = {"xares.evaluate", "xares.report"}
 
 
 def module_name(path: Path) -> str:
@@ -80,8 +83,9 @@ def test_no_module_imports_an_entry_point():
     graph = import_graph()
     assert ENTRY_POINTS <= set(graph)
     importers = {name: sorted(ENTRY_POINTS & targets) for name, targets in graph.items()}
-    assert {name: hit for name, hit in importers.items() if hit and name != FACADE} == {}
-    assert [name for name, targets in graph.items() if FACADE in targets] == []
+    allowed = {FACADE, *COMMANDS}
+    assert {name: hit for name, hit in importers.items() if hit and name not in allowed} == {}
+    assert [name for name, targets in graph.items() if targets & allowed] == []
 
 
 def test_no_import_circles():

@@ -17,9 +17,14 @@ import pytest
 import yaml
 from markupsafe import escape
 
-from xares import plots, report
-from xares.leaderboard import ChallengeScoring, build, challenge_results, published_baselines
-from xares.report import collect
+from xares.results import cli, plots, scores
+from xares.results.leaderboard import (
+    ChallengeScoring,
+    build,
+    challenge_results,
+    published_baselines,
+)
+from xares.results.scores import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "conf" / "task"
@@ -95,7 +100,7 @@ def write_run(
             }
         )
     efficiency = {"encoder": {"parameters": parameters}, "seconds": {"train": seconds}}
-    summary = report.summarise(results, efficiency if parameters else None)
+    summary = scores.summarise(results, efficiency if parameters else None)
     if not legacy:
         custom = encoder.endswith(".py")
         summary["run"] = {
@@ -113,7 +118,7 @@ def write_run(
     name = ("custom" if encoder.endswith(".py") else encoder) + f"__{mixture}"
     if legacy:
         name = f"wavlm__{mixture}"  # what the run's name says, the only label an old file has
-    report.write_reports(run_dir, results, run_name=name, summary=summary)
+    scores.write_reports(run_dir, results, run_name=name, summary=summary)
 
 
 def run_of(outputs: Path, encoder: str, task: str) -> Path:
@@ -169,7 +174,7 @@ def test_metadata_not_folder_names_labels_the_rows(sweep):
 
 def test_report_writes_markdown_html_and_plots(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    assert report.main([str(sweep), "--out", str(out)]) == 0
+    assert cli.main([str(sweep), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "task: task1" in printed and "dasheng (" in printed  # the text table still prints
     for name in ("leaderboard.md", "leaderboard.html", "scores_by_task.png", "score_vs_cost.png"):
@@ -254,10 +259,10 @@ def test_a_broken_scores_file_is_named_and_the_others_still_reported(sweep, tmp_
     broken.write_text('{"tasks": [')  # cut short
     out = tmp_path / "report"
     with caplog.at_level("WARNING"):
-        assert report.main([str(sweep), "--out", str(out)]) == 0
+        assert cli.main([str(sweep), "--out", str(out)]) == 0
     assert f"skipped {broken}: not a readable xares scores.json" in caplog.text
     assert "| dasheng | 3 |" in (out / "leaderboard.md").read_text()
-    assert report.main([str(tmp_path / "no_runs_here"), "--out", str(tmp_path / "r2")]) == 1
+    assert cli.main([str(tmp_path / "no_runs_here"), "--out", str(tmp_path / "r2")]) == 1
 
 
 def test_no_efficiency_skips_the_cost_plot_and_says_why(tmp_path, caplog):
@@ -266,7 +271,7 @@ def test_no_efficiency_skips_the_cost_plot_and_says_why(tmp_path, caplog):
         write_run(run_dir, "mel", "task2", seed)  # mel has no efficiency block here
     out = tmp_path / "report"
     with caplog.at_level("INFO"):
-        assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+        assert cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert not (out / "score_vs_cost.png").exists() and (out / "scores_by_task.png").is_file()
     assert "score_vs_cost.png not written: no run has an efficiency block" in caplog.text
     assert "score_vs_cost.png not written" in (out / "leaderboard.html").read_text()
@@ -296,7 +301,7 @@ def test_published_baselines_match_the_readme():
 def test_the_page_renders_in_a_headless_browser(sweep, tmp_path):
     edit_run(run_of(sweep, "beats", "task1"), comparability=not_comparable(BF16))
     out = tmp_path / "report"
-    report.main([str(sweep), "--out", str(out)])
+    cli.main([str(sweep), "--out", str(out)])
     shot = tmp_path / "page.png"
     subprocess.run(
         [
@@ -373,7 +378,7 @@ def test_a_rescored_run_replaces_its_seed_instead_of_adding_one(tmp_path, caplog
         rescored,
         {"kind": "evaluate", "seed": 0, "ended": "2026-11-21T08:00:00+00:00"},
     )
-    with caplog.at_level("INFO", logger="xares.leaderboard"):
+    with caplog.at_level("INFO", logger="xares.results.leaderboard"):
         (row,) = build(collect([outputs])).rows
     assert row.seeds == 3
     cell = row.cells["task:eval_esc-50"]
@@ -410,7 +415,7 @@ def test_a_cell_that_not_every_seed_scored_says_so(tmp_path):
     assert overall.mean == pytest.approx(sum(per_task) / len(per_task))
 
     out = tmp_path / "report"
-    report.write_leaderboard(runs, out)
+    cli.write_leaderboard(runs, out)
     md = (out / "leaderboard.md").read_text()
     line = next(line for line in md.splitlines() if line.startswith("| dasheng | 3 |"))
     assert f"{esc50(first):.3f}" in line and "(n=1)" in line
@@ -434,7 +439,7 @@ def test_published_track_means_head_a_one_track_report_and_never_win(tmp_path):
     ((_, columns),) = plots.panels(board)
     assert [c.key for c in columns][-1] == "track:task1"
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     whisper = next(line for line in md.splitlines() if line.startswith("| *whisper_base"))
     # Higher than the runs' mean, yet reference rows are there to compare with, not to win.
@@ -450,7 +455,7 @@ def test_links_are_url_encoded_and_markdown_cells_escaped(tmp_path):
     write_run(run_dir, "encoders/my_whisper.py", "task1", 0)
     edit_run(run_dir, {"encoder": "encoders/a|b<c>.py"})
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     line = next(line for line in md.splitlines() if "a\\|b" in line)
     assert line.startswith("| encoders/a\\|b&lt;c&gt;.py | 1 |")
@@ -490,7 +495,7 @@ def test_a_run_not_comparable_is_marked_and_its_reasons_listed(sweep, tmp_path):
     assert sorted(mel) == sorted([BF16["text"], LIMIT["text"]])
     assert rows["dasheng"].comparability.comparable and not rows["dasheng"].marks
     out = tmp_path / "report"
-    report.write_leaderboard(collect([sweep]), out)
+    cli.write_leaderboard(collect([sweep]), out)
 
     md = (out / "leaderboard.md").read_text()
     assert md_line(md, "| beats ≠1 | 1 |") and md_line(md, "| mel ≠2 | 1 |")
@@ -520,7 +525,7 @@ def test_a_run_not_comparable_never_wins_against_a_comparable_one(tmp_path):
     assert board.winners["track:task1"] == [dasheng]
 
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     dasheng_line = md_line(md, "| dasheng ≠1 | 1 |")
     task1 = f"{dasheng.cells['track:task1'].mean:.3f}"
@@ -543,7 +548,7 @@ def test_a_file_from_before_the_verdict_is_marked_not_checked(tmp_path):
     assert rows["mel"].marks == ["?"] and rows["whisper_base"].marks == ["?"]
     assert rows["whisper_base"].comparability.unchecked == 1
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     assert md_line(md, "| mel ? | 1 |")
     assert "? not checked: a scores.json written before runs carried a comparability verdict" in md
@@ -572,7 +577,7 @@ def test_the_results_page_entries_are_reference_rows_with_their_source(sweep, tm
     assert not any(board.is_best(r, c) for r in board.references for c in board.columns)
 
     out = tmp_path / "report"
-    report.write_leaderboard(collect([sweep]), out)
+    cli.write_leaderboard(collect([sweep]), out)
     md = (out / "leaderboard.md").read_text()
     assert md_line(md, "| *THUVoice (challenge)* | | 0.853 | 0.701 |")
     assert f"*(challenge)*: {data['source']['text']}." in md
@@ -627,7 +632,7 @@ def test_the_challenge_normalises_by_each_metric_s_possible_range(tmp_path):
     task1 = build(collect([tmp_path / "task1"]))
     assert [c.key for c in task1.columns if c.kind != "task"] == ["track:task1"]
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     md = (out / "leaderboard.md").read_text()
     assert "task2 normalised (Track B)" in md.splitlines()[4]
     assert "with equal weights (the challenge publishes none)" in md
@@ -639,7 +644,7 @@ def test_the_terminal_leaderboard_names_why_a_run_is_not_comparable(tmp_path):
     write_run(outputs / "a", "dasheng", "task2", 1, comparability=not_comparable(BF16, LIMIT))
     write_run(outputs / "b", "mel", "task2", 1)
     write_run(outputs / "c", "beats", "task2", 1, legacy=True)
-    header = report.leaderboard(collect([outputs])).splitlines()[1]  # the run labels
+    header = cli.terminal_leaderboard(collect([outputs])).splitlines()[1]  # the run labels
     assert "dasheng (a, seed 1, NOT comparable: decoder_dtype, eval_limit)" in header
     assert "mel (b, seed 1)" in header
     assert "(c, name from folder, comparability not checked)" in header
@@ -667,11 +672,11 @@ def test_two_tasks_that_share_a_name_are_never_averaged_together(tmp_path):
         "two different tasks are named 'task2': eval_clotho score other clips or score them "
         "another way, so the 1 run(s) of the second are shown as 'task2 #2'"
     ]
-    text = report.leaderboard(collect([outputs]))
+    text = cli.terminal_leaderboard(collect([outputs]))
     assert "task: task2  (2 runs)" in text and "task: task2 #2  (1 runs)" in text
     assert text.splitlines()[-1].startswith("note: two different tasks are named 'task2'")
     out = tmp_path / "report"
-    report.write_leaderboard(collect([outputs]), out)
+    cli.write_leaderboard(collect([outputs]), out)
     assert "Note: two different tasks are named" in (out / "leaderboard.md").read_text()
     assert "Note: two different tasks are named" in (out / "leaderboard.html").read_text()
     # Files from before the identity was kept (no set_id) join the group of their name.

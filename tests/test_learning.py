@@ -6,7 +6,7 @@ import pytest
 from conftest import FAST
 from omegaconf import open_dict
 
-from xares.train import train
+from xares.run.train import train
 
 TASKS = ("soundevents", "voice", "speakercount")
 

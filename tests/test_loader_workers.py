@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import FAST
 
-from xares.data.smoke import ensure_smoke_suite
-from xares.train import train
+from xares.run.train import train
+from xares.suites.smoke import ensure_smoke_suite
 from xares.training.datamodule import TaskDataModule
 
 

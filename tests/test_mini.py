@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from xares.data.mini import (
+from xares.suites.mini import (
     GENERATOR_VERSION,
     MINI_TASKS,
     SpeechError,
@@ -303,7 +303,7 @@ def test_task_config_matches_suite():
     OmegaConf.resolve(cfg)
     task = OmegaConf.to_container(cfg.task)
     assert task["name"] == "mini" and task["max_steps"] > 0
-    assert task["prepare"]["_target_"] == "xares.data.mini.ensure_mini_suite"
+    assert task["prepare"]["_target_"] == "xares.suites.mini.ensure_mini_suite"
     assert task["prepare"]["root"] == "/data/mini"
     assert set(task["train"]) == set(MINI_TASKS)
     assert set(task["eval"]) == {f"eval_{name}" for name in MINI_TASKS}

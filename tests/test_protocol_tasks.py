@@ -18,7 +18,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from xares.data.shards import expand_pattern, hub_url
+from xares.data.download import hub_url
+from xares.data.shards import expand_pattern
 from xares.metrics import METRICS, build_metric
 from xares.training import datamodule as datamodule_module
 from xares.training.datamodule import TaskDataModule

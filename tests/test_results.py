@@ -15,9 +15,9 @@ import tarfile
 import pytest
 from conftest import FAST, ROOT
 
-from xares.pipeline import IncompleteEvaluationError, ReportWriteError
-from xares.run_dir import CLAIM, RunDirError
-from xares.train import train
+from xares.run.directory import CLAIM, RunDirError
+from xares.run.pipeline import IncompleteEvaluationError, ReportWriteError
+from xares.run.train import train
 
 # Score the untrained model: these tests are about what happens to results, not their value.
 UNTRAINED = [
@@ -97,7 +97,7 @@ def test_a_tracker_failure_is_logged_and_the_run_keeps_its_result(
     def refuse(loggers, summary):
         raise RuntimeError("tracker service unavailable")
 
-    monkeypatch.setattr("xares.pipeline.log_final_scores", refuse)
+    monkeypatch.setattr("xares.run.pipeline.log_final_scores", refuse)
     summary = train(make_cfg(*UNTRAINED))
     assert math.isfinite(summary["overall"])  # summarise gives NaN, never None, when unscored
     assert json.loads((tmp_path / "run" / "scores.json").read_text())["overall"] is not None
@@ -153,7 +153,7 @@ def test_two_runs_started_together_keep_both_results(tmp_path, data_home):
 
 
 def test_a_requeued_slurm_job_continues_in_its_own_directory(tmp_path, monkeypatch):
-    from xares.run_dir import claim_run_dir
+    from xares.run.directory import claim_run_dir
 
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
@@ -191,17 +191,17 @@ def fill(disk):
 def test_a_full_disk_leaves_no_half_written_score_file(make_cfg, tmp_path, capsys, monkeypatch):
     from small_disk import small_disk
 
-    from xares import report
+    from xares.results import scores
 
     run = tmp_path / "run"
     with small_disk(run, "1m"):
-        original = report.write_reports
+        original = scores.write_reports
 
         def full_then_write(*args, **kwargs):
             fill(run)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(report, "write_reports", full_then_write)
+        monkeypatch.setattr(scores, "write_reports", full_then_write)
         with pytest.raises(ReportWriteError, match="could not write .*scores.tsv: No space left"):
             train(make_cfg(*UNTRAINED))
         left = sorted(p.name for p in run.rglob("*") if p.is_file())
@@ -256,7 +256,7 @@ def test_an_interrupted_run_is_finished_in_its_own_directory(make_cfg, tmp_path)
 
 
 def test_a_run_with_nothing_scored_returns_no_overall_to_a_sweeper():
-    from xares.report import overall_score, summarise
+    from xares.results.scores import overall_score, summarise
 
     nothing = summarise([{"task": "eval_a", "metric": "Accuracy", "score": float("nan"),
                           "weight": 1.0, "clips": 0, "dropped": {}, "note": "no scorable"}])  # fmt: skip

@@ -11,12 +11,12 @@ from pathlib import Path
 from conftest import FAST
 from test_efficiency import ENCODER
 
-import xares.train
-from xares import run_info
-from xares.evaluate import evaluate
-from xares.leaderboard import build
-from xares.report import collect
-from xares.train import train
+import xares.run.train
+from xares.results.leaderboard import build
+from xares.results.scores import collect
+from xares.run import metadata as run_info
+from xares.run.evaluate import evaluate
+from xares.run.train import train
 
 
 def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
@@ -26,7 +26,7 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
     path.write_text(ENCODER)
     monkeypatch.setenv("WANDB_MODE", "offline")
     seen = {}
-    finish = xares.train.finish_wandb
+    finish = xares.run.train.finish_wandb
 
     def snapshot_then_finish():
         # What the W&B run holds just before it is closed (offline mode keeps no summary file).
@@ -35,7 +35,7 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
             seen.update(summary=dict(run.summary), tags=set(run.tags), group=run.group)
         finish()
 
-    monkeypatch.setattr(xares.train, "finish_wandb", snapshot_then_finish)
+    monkeypatch.setattr(xares.run.train, "finish_wandb", snapshot_then_finish)
     cfg = make_cfg(
         *FAST,
         "encoder=custom",

@@ -13,8 +13,8 @@ from omegaconf import open_dict
 
 from xares.data.shards import MissingShardError
 from xares.data.task_spec import TaskConfigError, TaskSpec
-from xares.train import train
-from xares.validation import ConfigError, check_run
+from xares.run.train import train
+from xares.run.validation import ConfigError, check_run
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built: the mistake was not caught up front")
 
-    monkeypatch.setattr("xares.pipeline.build_model", refuse)
+    monkeypatch.setattr("xares.run.pipeline.build_model", refuse)
 
 
 def run_fails(make_cfg, *overrides, error=ConfigError):
@@ -113,7 +113,7 @@ def test_test_set_names_are_not_checked_when_not_evaluating(make_cfg):
 def test_a_training_batch_beyond_memory_is_refused_before_it_is_formed(
     make_cfg, no_weights, monkeypatch
 ):
-    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr("xares.run.validation.memory_bytes", lambda: 16 * 2**30)
     message = run_fails(make_cfg, "data.batch_size=100000")
     assert "data.batch_size=100000" in message and "16.0 GiB of memory" in message
     # 200 000 clips of 30 s at 16 kHz in float32: the sort buffer the batch is drawn from
@@ -129,7 +129,7 @@ def test_a_batch_no_machine_can_hold_is_refused_whatever_its_memory(make_cfg, no
 def test_an_eval_batch_beyond_memory_is_refused_when_the_clip_length_is_known(
     make_cfg, monkeypatch
 ):
-    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr("xares.run.validation.memory_bytes", lambda: 16 * 2**30)
     cfg = make_cfg(*FAST, "data.eval_batch_size=200000", "data.eval_max_seconds=30")
     with pytest.raises(ConfigError, match="data.eval_batch_size=200000"):
         check_run(cfg)
@@ -138,7 +138,7 @@ def test_an_eval_batch_beyond_memory_is_refused_when_the_clip_length_is_known(
 
 
 def test_protocol_batches_pass_the_memory_check_on_a_small_machine(make_cfg, monkeypatch):
-    monkeypatch.setattr("xares.validation.memory_bytes", lambda: 4 * 2**30)
+    monkeypatch.setattr("xares.run.validation.memory_bytes", lambda: 4 * 2**30)
     # The protocol's batch 4 of 30 s crops, and a GPU-sized test batch of 30 s clips.
     for overrides in (
         ("data.batch_size=4", "data.crop_seconds=30"),
@@ -207,8 +207,8 @@ def test_cli_reports_a_metric_typo_in_seconds(tmp_path, data_home):
 
 def test_the_data_directory_is_passed_not_set_in_the_environment(make_cfg, tmp_path, monkeypatch):
     from xares.data.task_spec import TaskSpec
-    from xares.pipeline import prepare_task
-    from xares.validation import check_data
+    from xares.run.pipeline import prepare_task
+    from xares.run.validation import check_data
 
     monkeypatch.setenv("XARES_DATA_HOME", str(tmp_path / "elsewhere"))
     data_dir = tmp_path / "data"

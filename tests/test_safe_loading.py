@@ -14,8 +14,8 @@ from conftest import FAST, ROOT, compose_config
 from lightning.pytorch.demos.boring_classes import BoringModel
 from omegaconf import OmegaConf
 
-from xares.evaluate import evaluate
-from xares.train import train
+from xares.run.evaluate import evaluate
+from xares.run.train import train
 from xares.training import checkpoint as checkpoint_module
 from xares.training.checkpoint import (
     DIGEST_KEY,
@@ -65,7 +65,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the checkpoint was refused")
 
-    monkeypatch.setattr("xares.pipeline.build_model", refuse)
+    monkeypatch.setattr("xares.run.pipeline.build_model", refuse)
 
 
 def assert_refused(error: BaseException, path: Path) -> None:

@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants as hf_constants
 
-import xares.data.shards as shards
-from xares.data.prefetch import collect_datasets, load_task_file, main, prefetch
-from xares.data.shards import (
+import xares.data.download as download
+from xares.data.download import (
     DownloadError,
-    MissingShardError,
     RemoteNotFoundError,
     data_home,
     download_file,
-    expand_pattern,
     hf_endpoint,
     hub_url,
-    resolve_shards,
 )
+from xares.data.prefetch import collect_datasets, load_task_file, main, prefetch
+from xares.data.shards import MissingShardError, expand_pattern, resolve_shards
 
 REPO = "mispeech/xares_llm_data"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -185,7 +183,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XARES_DATA_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     # Each test's servers start unknown (a closed port's number may be reused later).
-    monkeypatch.setattr(shards, "_servers", {})
+    monkeypatch.setattr(download, "_servers", {})
 
 
 @pytest.fixture

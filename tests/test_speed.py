@@ -274,7 +274,7 @@ def test_challenge_tasks_keep_the_protocols_fp32_on_a_gpu(
 
 
 def test_fused_adamw_only_where_it_runs(make_cfg):
-    from xares.train import build_datamodule, build_module
+    from xares.run.train import build_datamodule, build_module
     from xares.training.module import build_optimizer
 
     cfg = make_cfg("experiment=smoke")

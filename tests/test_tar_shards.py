@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from xares.data.mini.writer import ensure_mini_suite
-from xares.data.smoke import ensure_smoke_suite
 from xares.data.tar_shards import shard_writer
+from xares.suites.mini.writer import ensure_mini_suite
+from xares.suites.smoke import ensure_smoke_suite
 
 
 def members(path: Path) -> list[tuple[str, bytes]]:

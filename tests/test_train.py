@@ -11,8 +11,8 @@ import sys
 import torch
 from conftest import FAST, ROOT
 
-from xares.evaluate import evaluate
-from xares.train import train
+from xares.run.evaluate import evaluate
+from xares.run.train import train
 
 
 def read_tsv(path):

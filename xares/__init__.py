@@ -6,7 +6,7 @@ from xares._environment import check_torch_pair
 # does not load together stops here with the versions and the fix, not with an OSError.
 check_torch_pair()
 
-from xares.run_dir import register_resolvers  # noqa: E402
+from xares.run.directory import register_resolvers  # noqa: E402
 
 # Hydra reads `${xares.run_id:}` in the run-directory pattern before any xares code runs.
 register_resolvers()

@@ -48,8 +48,8 @@ from hydra.version import VersionBase
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from xares.pipeline import CONFIG_DIR
-from xares.run_dir import CLAIM, RESULT_PATTERNS, RunDirError, claim_run_dir
+from xares.run.directory import CLAIM, RESULT_PATTERNS, RunDirError, claim_run_dir
+from xares.run.pipeline import CONFIG_DIR
 
 __all__ = ["OverrideError", "evaluate", "to_overrides", "train"]
 
@@ -88,7 +88,7 @@ def train(
     directory's absolute path, added. With ``evaluate=false`` only ``run_dir`` is there.
     Raises :class:`OverrideError` for an override that cannot be applied, before anything runs.
     """
-    from xares.train import train as run_training
+    from xares.run.train import train as run_training
 
     return _run("train", "train", to_overrides(overrides), run_dir, config_dir, run_training)
 
@@ -109,7 +109,7 @@ def evaluate(
     ``run_dir`` defaults to a fresh ``outputs/eval/<date>_<time>_<pid>``. Returns the score
     summary with ``run_dir``, as :func:`train` does.
     """
-    from xares.evaluate import evaluate as run_evaluation
+    from xares.run.evaluate import evaluate as run_evaluation
 
     given = to_overrides(overrides)
     if any(_key(o) == "ckpt_path" for o in given):

@@ -22,7 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from xares.data.shards import MissingShardError, data_home, resolve_shards
+from xares.data.download import data_home
+from xares.data.shards import MissingShardError, resolve_shards
 
 log = logging.getLogger(__name__)
 

@@ -282,7 +282,7 @@ class BEATs(nn.Module):
 def resolve_checkpoint(checkpoint: str, cache_dir: str | Path | None = None) -> Path:
     """A local file, or a URL downloaded once into ``cache_dir`` (``$XARES_DATA_HOME/models/``)."""
     if urllib.parse.urlparse(checkpoint).scheme in ("http", "https"):
-        from xares.data.shards import data_home, download_file
+        from xares.data.download import data_home, download_file
 
         name = Path(urllib.parse.urlparse(checkpoint).path).name or "checkpoint.pt"
         cache = Path(cache_dir) if cache_dir else data_home() / "models"

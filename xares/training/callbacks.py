@@ -77,7 +77,7 @@ class Efficiency(pl.Callback):
     # ------------------------------------------------------------------ helpers
     @classmethod
     def of(cls, trainer: pl.Trainer) -> Efficiency:
-        """The trainer's meter; one is added when the config has none (``xares.evaluate``)."""
+        """The trainer's meter; one is added when the config has none (``xares.run.evaluate``)."""
         for callback in trainer.callbacks:
             if isinstance(callback, cls):
                 return callback

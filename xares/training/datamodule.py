@@ -101,7 +101,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         # On a GPU a test batch costs about as much as one row, so one size serves every set.
         self.cuda_eval_batch_size = cuda_eval_batch_size
-        # Set once the model exists (see xares.train.build_module): the model's tokeniser and
+        # Set once the model exists (see xares.run.train.build_module): the model's tokeniser and
         # the feature cache's clip digest run in the loader workers, inside the collate.
         self.text: Callable[..., dict[str, Any]] | None = None
         self.digest: Callable[[torch.Tensor], str] | None = None

@@ -62,7 +62,7 @@ def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
     """
     from lightning.pytorch.loggers import WandbLogger
 
-    from xares.report import track_means
+    from xares.results.scores import track_means
 
     run = next((lg.experiment for lg in loggers if isinstance(lg, WandbLogger)), None)
     if run is None:

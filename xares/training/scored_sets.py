@@ -35,7 +35,7 @@ import torch
 
 from xares.atomic import atomic_open
 from xares.data.task_spec import test_set_id
-from xares.run_info import git_state
+from xares.run.metadata import git_state
 
 log = logging.getLogger(__name__)
 

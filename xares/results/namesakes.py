@@ -1,7 +1,7 @@
 """Runs of different tasks that share a task name, told apart by what their test sets scored.
 
-Read by both leaderboards (the terminal one in :mod:`xares.report`, the files of
-:mod:`xares.leaderboard`), so that neither imports the other.
+Read by both leaderboards (the terminal one in :mod:`xares.results.scores`, the files of
+:mod:`xares.results.leaderboard`), so that neither imports the other.
 """
 
 from __future__ import annotations

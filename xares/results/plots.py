@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from xares.atomic import atomic_path
-from xares.leaderboard import Column, Leaderboard, Row
+from xares.results.leaderboard import Column, Leaderboard, Row
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The steps that training and evaluation share: prepare data, build, run the tests, report.
 
-``xares.train`` and ``xares.evaluate`` are thin entry points over these; neither imports
+``xares.run.train`` and ``xares.run.evaluate`` are thin entry points over these; neither imports
 the other.
 """
 
@@ -16,11 +16,12 @@ import lightning.pytorch as pl
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from xares import report, run_info
 from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
+from xares.results import scores
+from xares.run import metadata
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.datamodule import TaskDataModule
@@ -30,7 +31,7 @@ from xares.training.scored_sets import ScoredSets, evaluation_key, weights_diges
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -97,7 +98,7 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
         eval_sets=datamodule.eval_specs,
         # The chosen option names travel with the checkpoint, so a re-scored run is still
         # labelled by the encoder it was trained with.
-        config={**OmegaConf.to_container(cfg, resolve=True), "choices": run_info.choices(cfg)},
+        config={**OmegaConf.to_container(cfg, resolve=True), "choices": metadata.choices(cfg)},
     )
 
 
@@ -248,7 +249,7 @@ def evaluate_and_report(
     run directory. A test set without a single scorable sample fails the run (after the
     files are written) unless ``allow_partial``, which keeps the overall over the others
     and marks it partial. ``started`` (``time.perf_counter()`` at the run's start) times
-    the run's phases for the efficiency block. ``run`` (:func:`xares.run_info.describe`)
+    the run's phases for the efficiency block. ``run`` (:func:`xares.run.metadata.describe`)
     is what the run was; it is completed with the end time and written to ``scores.json``.
     ``model_dir`` is the scored model's run directory, where finished test sets are kept so
     a rerun resumes (:func:`reuse_scored_sets`; ``reuse=false`` rescores every set).
@@ -256,7 +257,7 @@ def evaluate_and_report(
     meter = Efficiency.of(trainer)
     reused = reuse_scored_sets(trainer, module, datamodule, out, model_dir or out, reuse)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    summary = report.summarise(module.results, meter.summary(started, trainer))
+    summary = scores.summarise(module.results, meter.summary(started, trainer))
     summary["reused"] = reused
     # Training steps skipped for a non-finite loss, of the model scored here.
     summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
@@ -272,11 +273,11 @@ def evaluate_and_report(
     if not trainer.is_global_zero:
         return summary
     if run is not None:
-        summary["run"] = run_info.finish(run, module.model.encoder)
-    print("\n" + report.format_table(summary), flush=True)
+        summary["run"] = metadata.finish(run, module.model.encoder)
+    print("\n" + scores.format_table(summary), flush=True)
     try:
-        report.write_reports(out, module.results, run_name=run_name, summary=summary)
-        report.write_skipped(out, module.results, module.train_skipped.items())
+        scores.write_reports(out, module.results, run_name=run_name, summary=summary)
+        scores.write_skipped(out, module.results, module.train_skipped.items())
     except OSError as error:
         raise ReportWriteError(
             f"the score files could not be written to {out}: {error}. The table above is this "

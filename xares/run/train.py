@@ -12,9 +12,11 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from xares import run_info
 from xares.data.task_spec import TaskSpec
-from xares.pipeline import (
+from xares.results.scores import overall_score
+from xares.run import metadata
+from xares.run.directory import claim_run_dir
+from xares.run.pipeline import (
     CONFIG_DIR,
     build_datamodule,
     build_module,
@@ -24,8 +26,7 @@ from xares.pipeline import (
     output_dir,
     prepare_task,
 )
-from xares.report import overall_score
-from xares.run_dir import claim_run_dir
+from xares.run.validation import check_data, check_run
 from xares.training.checkpoint import (
     check_compatible,
     check_writable,
@@ -34,14 +35,13 @@ from xares.training.checkpoint import (
 )
 from xares.training.loggers import finish_wandb
 from xares.training.termination import stop_on_sigterm
-from xares.validation import check_data, check_run
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one encoder on one task; returns the score summary."""
-    started, started_at = time.perf_counter(), run_info.now()
+    started, started_at = time.perf_counter(), metadata.now()
     out = output_dir(cfg)
     fit, evaluate = bool(cfg.get("train", True)), bool(cfg.get("evaluate", True))
     with stop_on_sigterm():
@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     str(cfg.run_name),
                     started,
                     allow_partial=bool(cfg.get("allow_partial")),
-                    run=run_info.describe(cfg, started_at),
+                    run=metadata.describe(cfg, started_at),
                     # Trained here: the model is this run's; scored only: the checkpoint's.
                     model_dir=out if fit else model_run_dir(resolved and resolved[0], out),
                     reuse=bool(cfg.get("reuse_scores", True)),

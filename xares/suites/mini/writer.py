@@ -1,7 +1,7 @@
 """Writing the mini suite: size presets, shards, the manifest and the generation lock.
 
 ``ensure_mini_suite(root)`` renders every clip with the recipes in
-:mod:`xares.data.mini.recipes` and writes them as WebDataset tar shards:
+:mod:`xares.suites.mini.recipes` and writes them as WebDataset tar shards:
 ``<root>/<task>/<split>/<task>_<split>_NNNNNN.tar`` holding ``<key>.flac`` (16 kHz mono,
 16-bit) and ``<key>.json`` (the label fields). A ``manifest.json`` records the generator
 version, seed and sizes; a matching manifest makes the call a no-op.
@@ -21,7 +21,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..tar_shards import shard_writer
+from xares.data.tar_shards import shard_writer
+
 from . import recipes
 from .recipes import GENERATOR_VERSION, SPLITS, TASKS, balanced_labels
 from .speech import SAMPLE_RATE

@@ -109,7 +109,7 @@ def git_state(where: Path | None = None) -> dict[str, Any] | None:
     Dirty means tracked files differ from the commit; untracked files (outputs, data) do not
     count.
     """
-    where = where or Path(__file__).resolve().parent.parent
+    where = where or Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -145,7 +145,7 @@ def describe(
     model was trained with (``trained_seed``), not the seed of its own generation, so the
     leaderboard sees the re-scored run as its training run again, not as another seed.
     ``identity`` is the config the hashes are taken over, when it is not ``cfg`` itself
-    (:func:`xares.evaluate.scored_identity`).
+    (:func:`xares.run.evaluate.scored_identity`).
     """
     chosen = choices(cfg)
     resolved = _resolved(cfg)

@@ -3,8 +3,8 @@
 ``ensure_mini_suite(root)`` writes (once) WebDataset shards for nine synthetic tasks
 under ``root``; ``MINI_TASKS`` describes each task (classes, chance level, metric,
 label key, prompt). Speech comes from eSpeak NG (``espeakng-loader``), everything
-else from numpy. :mod:`xares.data.mini.recipes` holds the task table and how each clip
-is made; :mod:`xares.data.mini.writer` writes the shards and the manifest.
+else from numpy. :mod:`xares.suites.mini.recipes` holds the task table and how each clip
+is made; :mod:`xares.suites.mini.writer` writes the shards and the manifest.
 """
 
 from .recipes import GENERATOR_VERSION, MINI_TASKS, estimate_text_chance

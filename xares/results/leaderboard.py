@@ -1,6 +1,6 @@
 """The leaderboard of many runs: rows of encoders, columns of test sets grouped by track.
 
-Runs are read from the ``run`` block of their ``scores.json`` (:mod:`xares.run_info`):
+Runs are read from the ``run`` block of their ``scores.json`` (:mod:`xares.run.metadata`):
 
 - runs with the same ``config_hash`` (everything but the seed) are seeds of one
   configuration, shown as mean ± sample standard deviation with their count n; each seed
@@ -39,9 +39,9 @@ import numpy as np
 import yaml
 
 from xares.atomic import write_text
-from xares.namesakes import separate_namesakes
+from xares.results.namesakes import separate_namesakes
 
-ASSETS = Path(__file__).resolve().parent / "report_assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 BASELINES = ASSETS / "published_baselines.yaml"
 CHALLENGE = ASSETS / "challenge_results.yaml"
 SPREAD = "sample standard deviation over seeds"
@@ -695,7 +695,7 @@ def build(
     baselines: Mapping[str, Any] | None = None,
     challenge: Mapping[str, Any] | None = None,
 ) -> Leaderboard:
-    """The leaderboard of ``runs`` (as :func:`xares.report.load_run_scores` returns them), with
+    """The leaderboard of ``runs`` (as :func:`xares.results.scores.load_run_scores` returns them), with
     the published ``baselines`` and the ``challenge``'s results page as reference rows."""
     baselines = published_baselines() if baselines is None else baselines
     challenge = challenge_results() if challenge is None else challenge

@@ -1,0 +1,1 @@
+"""Results: score files, leaderboard, plots and their assets, the report command."""
