@@ -12,9 +12,9 @@ ENTRY_POINTS = {"xares.run.train", "xares.run.evaluate"}
 # The Python entry point wraps the two command-line ones (as Hydra's CLI does): it alone may
 # import them, and nothing imports it.
 FACADE = "xares.api"
-# `python -m xares.evaluate` and `python -m xares.report`: the commands users type, kept where
+# `python -m xares.evaluate`, `xares.report`, `xares.compare`: the commands users type, kept where
 # they were; each only hands over to the module that does the work.
-COMMANDS = {"xares.evaluate", "xares.report"}
+COMMANDS = {"xares.evaluate", "xares.report", "xares.compare"}
 
 
 def module_name(path: Path) -> str:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import jiwer
+import numpy as np
 
-from xares.metrics.base import Metric
+from xares.metrics.base import Metric, PairStatistics, check_pairs
 from xares.metrics.normalise import normalise_text
 
 
@@ -24,29 +25,49 @@ class _EditRate(Metric):
     def units(self, text: str) -> list[str]:
         raise NotImplementedError
 
-    def measure(self, references: list[str], hypotheses: list[str]) -> tuple[int, int]:
-        """Return (errors, reference units) for pairs with non-empty references."""
+    def align(self, references: list[str], hypotheses: list[str]) -> Any:
+        """jiwer's alignment of pairs with non-empty references."""
         raise NotImplementedError
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
-        refs, hyps, extra_insertions = [], [], 0
-        for pred, ref in zip(predictions, references):
+        sums = self.pair_counts(predictions, references).sum(axis=0)
+        return float(_score(sums))
+
+    def pair_counts(self, predictions: list[Any], references: list[Any]) -> np.ndarray:
+        """(errors, reference units) of each pair, from one jiwer alignment of them all."""
+        counts = np.zeros((len(references), 2), dtype=np.float64)
+        aligned, refs, hyps = [], [], []
+        for i, (pred, ref) in enumerate(zip(predictions, references)):
             ref, pred = normalise_text(ref), normalise_text(pred)
             if ref:
+                aligned.append(i)
                 refs.append(ref)
                 hyps.append(pred)
             else:
-                extra_insertions += len(self.units(pred))
-        errors, total = self.measure(refs, hyps) if refs else (0, 0)
-        errors += extra_insertions
-        if total == 0:
-            return 1.0 if errors == 0 else 0.0
-        return max(0.0, 1.0 - errors / total)
+                counts[i, 0] = len(self.units(pred))
+        if refs:
+            for i, chunks in zip(aligned, self.align(refs, hyps).alignments):
+                for chunk in chunks:
+                    ref_span = chunk.ref_end_idx - chunk.ref_start_idx
+                    if chunk.type == "insert":
+                        counts[i, 0] += chunk.hyp_end_idx - chunk.hyp_start_idx
+                    elif chunk.type == "equal":
+                        counts[i, 1] += ref_span
+                    else:  # a substitution or deletion: errors over reference units
+                        counts[i] += ref_span
+        return counts
+
+    def statistics(self, predictions: Any, references: Any) -> PairStatistics:
+        predictions, references = check_pairs(self.name, predictions, references)
+        return PairStatistics(self.pair_counts(predictions, references), _score)
 
 
-def _counts(output: Any) -> tuple[int, int]:
-    errors = output.substitutions + output.deletions + output.insertions
-    return errors, output.substitutions + output.deletions + output.hits
+def _score(sums: np.ndarray) -> np.ndarray:
+    """``max(0, 1 - errors / units)`` of summed (errors, units); 1 or 0 without units."""
+    errors, total = sums[..., 0], sums[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.maximum(0.0, 1.0 - errors / total)
+    return np.where(total > 0, rate, np.where(errors == 0, 1.0, 0.0))
 
 
 class iWER(_EditRate):
@@ -57,8 +78,8 @@ class iWER(_EditRate):
     def units(self, text: str) -> list[str]:
         return text.split()
 
-    def measure(self, references: list[str], hypotheses: list[str]) -> tuple[int, int]:
-        return _counts(jiwer.process_words(references, hypotheses))
+    def align(self, references: list[str], hypotheses: list[str]) -> Any:
+        return jiwer.process_words(references, hypotheses)
 
 
 class iCER(_EditRate):
@@ -69,5 +90,5 @@ class iCER(_EditRate):
     def units(self, text: str) -> list[str]:
         return list(text)
 
-    def measure(self, references: list[str], hypotheses: list[str]) -> tuple[int, int]:
-        return _counts(jiwer.process_characters(references, hypotheses))
+    def align(self, references: list[str], hypotheses: list[str]) -> Any:
+        return jiwer.process_characters(references, hypotheses)

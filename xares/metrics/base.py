@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 
 class MetricUnavailableError(RuntimeError):
     """A metric cannot run here (missing optional package or model files)."""
+
+
+@dataclass(frozen=True)
+class PairStatistics:
+    """A metric's score taken apart: one row of numbers per scored pair, whose column sums
+    give the score back through ``combine``.
+
+    A corpus-level edit rate keeps (errors, reference units) per pair, a mean keeps
+    (value, 1), mAP keeps per-class hit and miss counts. Summing the rows of a resample of
+    clips and combining the sums recomputes the metric as it is defined on that resample,
+    which is what a bootstrap interval needs. ``values`` is a dense array or, for wide rows
+    (mAP's classes), a SciPy sparse matrix; ``combine`` maps sums of shape ``(..., k)`` to
+    scores of shape ``(...)``.
+    """
+
+    values: Any
+    combine: Callable[[np.ndarray], np.ndarray]
+
+
+def mean_of(values: np.ndarray) -> PairStatistics:
+    """The statistics of a score that is the mean of one value per pair."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = np.stack([values, np.ones_like(values)], axis=1)
+    return PairStatistics(rows, lambda sums: sums[..., 0] / sums[..., 1])
 
 
 class Metric:
@@ -18,6 +45,8 @@ class Metric:
     """
 
     name: ClassVar[str] = ""
+    # Whether the per-pair scores are costly enough to keep in the predictions file.
+    keep_pair_scores: ClassVar[bool] = False
 
     def __init__(self, **metric_args: Any) -> None:
         # Task configs may carry arguments that only some metrics use; keep them for logging.
@@ -29,6 +58,22 @@ class Metric:
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
         raise NotImplementedError
+
+    def statistics(self, predictions: Sequence[Any], references: Sequence[Any]) -> PairStatistics:
+        """The score taken apart pair by pair (see :class:`PairStatistics`).
+
+        The default serves a metric whose score is the mean of :meth:`pair_values`; a metric
+        that is neither overrides this or raises ``NotImplementedError`` (no interval then).
+        """
+        predictions, references = check_pairs(self.name, predictions, references)
+        values = self.pair_values(predictions, references)
+        if values is None:
+            raise NotImplementedError(f"{self.name} cannot be taken apart into pairs")
+        return mean_of(values)
+
+    def pair_values(self, predictions: list[Any], references: list[Any]) -> np.ndarray | None:
+        """One value per pair whose mean is the score, for metrics that are such a mean."""
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.metric_args.items())

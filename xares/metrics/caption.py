@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
+
 from xares.metrics.base import Metric, MetricUnavailableError
 from xares.metrics.normalise import normalise_text
 
@@ -23,10 +25,16 @@ class TokenF1(Metric):
     name = "TokenF1"
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
-        total = 0.0
-        for pred, ref in zip(predictions, references):
-            total += token_f1(normalise_text(pred).split(), normalise_text(ref).split())
-        return total / len(references)
+        return float(self.pair_values(predictions, references).mean())
+
+    def pair_values(self, predictions: list[Any], references: list[Any]) -> np.ndarray:
+        return np.array(
+            [
+                token_f1(normalise_text(pred).split(), normalise_text(ref).split())
+                for pred, ref in zip(predictions, references)
+            ],
+            dtype=np.float64,
+        )
 
 
 def token_f1(predicted: list[str], reference: list[str]) -> float:
@@ -56,9 +64,16 @@ class _MecatMetric(Metric):
     and its models are optional; without them the metric raises
     :class:`MetricUnavailableError` so that the evaluator can skip the task. ``scorer``
     replaces ``mecat.evaluate`` (same keyword arguments, same result table).
+
+    mecat's score is the mean of one score per pair (for DATE, each pair's score weighs its
+    similarity against how it ranks among the whole set's references). Those per-pair scores
+    come from mecat's own scorer (``corpus_score(..., agg_score="none")``), or from
+    ``pair_scorer(predictions, references)`` when given; they are what a bootstrap interval
+    resamples (DATE's ranks stay those of the full test set).
     """
 
     mecat_metric: ClassVar[str] = ""
+    keep_pair_scores: ClassVar[bool] = True
     # With explicit references mecat scores the "long" caption subtask, reported as this row.
     result_row: ClassVar[str] = "content_long"
 
@@ -67,12 +82,14 @@ class _MecatMetric(Metric):
         batch_size: int = 32,
         device: str | None = None,
         scorer: Callable[..., Any] | None = None,
+        pair_scorer: Callable[[list[str], list[str]], Any] | None = None,
         **metric_args: Any,
     ):
         super().__init__(batch_size=batch_size, device=device, **metric_args)
         self.batch_size = batch_size
         self.device = device
         self.scorer = scorer
+        self.pair_scorer = pair_scorer
 
     def _unavailable(self, reason: str) -> MetricUnavailableError:
         return MetricUnavailableError(
@@ -110,6 +127,38 @@ class _MecatMetric(Metric):
         except (OSError, ImportError) as exc:
             raise self._unavailable(f"mecat could not load its models ({exc})") from exc
         return self.read_score(table)
+
+    def pair_values(self, predictions: list[Any], references: list[Any]) -> np.ndarray:
+        predictions = [normalise_text(p) for p in predictions]
+        references = [normalise_text(r) for r in references]
+        score_pairs = self.pair_scorer or self._mecat_pair_scorer()
+        try:
+            values = np.asarray(score_pairs(predictions, references), dtype=np.float64)
+        except (OSError, ImportError) as exc:
+            raise self._unavailable(f"mecat could not load its models ({exc})") from exc
+        if values.shape != (len(references),):
+            raise RuntimeError(
+                f"{self.name}: the per-pair scorer gave {values.shape} scores for "
+                f"{len(references)} pairs"
+            )
+        return values
+
+    def _mecat_pair_scorer(self) -> Callable[[list[str], list[str]], Any]:
+        try:
+            from mecat.scorer import BaseScorer
+        except ImportError as exc:
+            raise self._unavailable(f"cannot import mecat ({exc})") from exc
+        scorer = BaseScorer(
+            metrics=[self.mecat_metric], batch_size=self.batch_size, device=self.device
+        )
+        model = getattr(scorer, f"{self.mecat_metric}_scorer")
+
+        def score_pairs(predictions: list[str], references: list[str]) -> Any:
+            return model.corpus_score(
+                predictions, [[r] for r in references], agg_score="none", group_name=self.result_row
+            )
+
+        return score_pairs
 
     def read_score(self, table: Any) -> float:
         """Pick this metric's score from mecat's results (a DataFrame or a list of row dicts)."""

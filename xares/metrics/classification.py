@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xares.metrics.base import Metric
+from xares.metrics.base import Metric, PairStatistics, check_pairs
 from xares.metrics.normalise import normalise_text
 
 
@@ -17,8 +17,13 @@ class Accuracy(Metric):
     name = "Accuracy"
 
     def compute(self, predictions: list[Any], references: list[Any]) -> float:
-        hits = sum(normalise_text(p) == normalise_text(r) for p, r in zip(predictions, references))
-        return hits / len(references)
+        return float(self.pair_values(predictions, references).mean())
+
+    def pair_values(self, predictions: list[Any], references: list[Any]) -> np.ndarray:
+        return np.array(
+            [normalise_text(p) == normalise_text(r) for p, r in zip(predictions, references)],
+            dtype=np.float64,
+        )
 
 
 def split_labels(text: Any, separator: str = ";", lenient: bool = False) -> list[str]:
@@ -72,10 +77,11 @@ class mAP(Metric):
     def labels(self, text: Any) -> list[str]:
         return split_labels(text, self.separator, self.lenient_labels)
 
-    def compute(self, predictions: list[Any], references: list[Any]) -> float:
-        # Deferred: scikit-learn takes about a second to import and only mAP needs it.
-        from sklearn.metrics import average_precision_score
-
+    def indicators(
+        self, predictions: list[Any], references: list[Any]
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The 0/1 reference and answer matrices (pairs × ``num_classes``) and the labels of
+        their first columns (the distinct reference labels, sorted)."""
         ref_labels = [self.labels(r) for r in references]
         classes = sorted(set().union(*ref_labels))
         if not classes:
@@ -93,6 +99,14 @@ class mAP(Metric):
         for row, (prediction, labels) in enumerate(zip(predictions, ref_labels)):
             y_true[row, [index[label] for label in labels]] = 1
             y_pred[row, [index[lb] for lb in self.labels(prediction) if lb in index]] = 1
+        return y_true, y_pred, classes
+
+    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+        # Deferred: scikit-learn takes about a second to import and only mAP needs it.
+        from sklearn.metrics import average_precision_score
+
+        y_true, y_pred, _ = self.indicators(predictions, references)
+        width = y_true.shape[1]
         with warnings.catch_warnings():
             # A column without positives is expected (num_classes > labels seen); it scores 0.
             warnings.simplefilter("ignore", UserWarning)
@@ -100,3 +114,36 @@ class mAP(Metric):
                 # One column would be read as a binary target, not a one-class indicator.
                 return float(average_precision_score(y_true[:, 0], y_pred[:, 0]))
             return float(average_precision_score(y_true, y_pred, average="macro"))
+
+    def statistics(self, predictions: Any, references: Any) -> PairStatistics:
+        """Per pair and class: answered and right, answered, in the reference; and a count.
+
+        With 0/1 answers, scikit-learn's average precision of a class is ``R·P + (1 − R)·π``
+        (recall R and precision P of the answers, prevalence π: the curve has the answers'
+        point and the all-positive one), the prevalence when the class is never answered, and
+        0 when no reference has it; :func:`binary_average_precision` computes exactly that.
+        """
+        from scipy import sparse
+
+        predictions, references = check_pairs(self.name, predictions, references)
+        y_true, y_pred, _ = self.indicators(predictions, references)
+        rows = np.concatenate(
+            [y_true * y_pred, y_pred, y_true, np.ones((len(y_true), 1), dtype=np.float32)], axis=1
+        )
+        width = y_true.shape[1]
+        return PairStatistics(
+            sparse.csr_matrix(rows.astype(np.float64)),
+            lambda sums: binary_average_precision(sums, width).mean(axis=-1),
+        )
+
+
+def binary_average_precision(sums: np.ndarray, width: int) -> np.ndarray:
+    """Average precision per class (``(..., width)``) from summed :meth:`mAP.statistics` rows."""
+    hits, answered, positives = (sums[..., i * width : (i + 1) * width] for i in range(3))
+    total = sums[..., 3 * width : 3 * width + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prevalence = np.where(total > 0, positives / total, 0.0)
+        recall = np.where(positives > 0, hits / positives, 0.0)
+        precision = np.where(answered > 0, hits / answered, 0.0)
+    ap = recall * precision + (1.0 - recall) * prevalence
+    return np.where(positives > 0, ap, 0.0)

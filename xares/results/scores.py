@@ -45,6 +45,7 @@ def summarise(
         "chance",
         "track",
         "set_id",
+        "metric_args",
         "clips",
         "dropped",
         "note",
@@ -91,16 +92,38 @@ def _render(header: list[str], body: list[list[str]], footer: list[list[str]]) -
     return "\n".join([line(header), rule, *map(line, body), rule, *map(line, footer)])
 
 
+def interval_text(interval: Sequence[float] | None) -> str:
+    return "-" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def interval_label(summary: Mapping[str, Any]) -> str | None:
+    """The interval column's heading (``95% CI``), or ``None`` when the run has no intervals."""
+    block = summary.get("intervals") or {}
+    if not block.get("resamples"):
+        return None
+    return f"{float(block['level']) * 100:g}% CI"
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
-    """A fixed-width table: task, metric, score, weight (and chance level when known)."""
+    """A fixed-width table: task, metric, score (with its interval), weight, chance, clips."""
     tasks = summary["tasks"]
     with_chance = any(t.get("chance") is not None for t in tasks)
-    header = ["task", "metric", "score", "weight", *(["chance"] if with_chance else []), "clips"]
+    ci = interval_label(summary)
+    header = [
+        "task",
+        "metric",
+        "score",
+        *([ci] if ci else []),
+        "weight",
+        *(["chance"] if with_chance else []),
+        "clips",
+    ]
     lines = [
         [
             t["task"],
             t["metric"],
             _fmt(t["score"]),
+            *([interval_text(t.get("interval"))] if ci else []),
             _fmt(float(t["weight"])),
             *([_fmt(t.get("chance"))] if with_chance else []),
             str(t.get("clips", "")),
@@ -108,14 +131,19 @@ def format_table(summary: Mapping[str, Any]) -> str:
         for t in tasks
     ]
     blank = [""] if with_chance else []
+
+    def total(label: str, score: float, interval: Sequence[float] | None) -> list[str]:
+        return [label, "", _fmt(score), *([interval_text(interval)] if ci else []), "", *blank, ""]
+
+    tracks_interval = summary.get("tracks_interval") or {}
     footer = [
-        [f"mean {track}", "", _fmt(score), "", *blank, ""]
+        total(f"mean {track}", score, tracks_interval.get(track))
         for track, score in summary.get("tracks", {}).items()
     ]
     label = "overall (weighted)"
     if summary.get("partial"):
         label = f"overall (PARTIAL: without {', '.join(summary['unscored'])})"
-    footer.append([label, "", _fmt(summary["overall"]), "", *blank, ""])
+    footer.append(total(label, summary["overall"], summary.get("overall_interval")))
     notes = [f"  {t['task']}: {t['note']}" for t in tasks if t.get("note")]
     notes += [
         f"  {t['task']}: dropped "
@@ -216,35 +244,86 @@ def write_reports(
         summary["run_name"] = run_name
     with atomic_open(out / "scores.tsv", "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["task", "metric", "score", "weight", "clips", "dropped"])
+        writer.writerow(
+            ["task", "metric", "score", "ci_low", "ci_high", "weight", "clips", "dropped"]
+        )
         for t in summary["tasks"]:
             writer.writerow(
                 [
                     t["task"],
                     t["metric"],
                     _fmt(t["score"]),
+                    *_bounds(t.get("interval")),
                     t["weight"],
                     t["clips"],
                     _skips(t["dropped"]),
                 ]
             )
+        tracks_interval = summary.get("tracks_interval") or {}
         for track, score in summary["tracks"].items():
-            writer.writerow([f"mean_{track}", "weighted_mean", _fmt(score), "", "", ""])
+            bounds = _bounds(tracks_interval.get(track))
+            writer.writerow([f"mean_{track}", "weighted_mean", _fmt(score), *bounds, "", "", ""])
         # The weight of the sets the mean was taken over: less than the total when partial.
         overall = "weighted_mean_partial" if summary["partial"] else "weighted_mean"
         writer.writerow(
-            ["overall", overall, _fmt(summary["overall"]), summary["overall_weight"], "", ""]
+            [
+                "overall",
+                overall,
+                _fmt(summary["overall"]),
+                *_bounds(summary.get("overall_interval")),
+                summary["overall_weight"],
+                "",
+                "",
+            ]
         )
     with atomic_open(out / "scores.json", "w") as f:
         json.dump(_json_safe(summary), f, indent=2)
     for result in results:
-        with atomic_open(out / f"predictions_{result['task']}.csv", "w", newline="") as f:
+        rows = result.get("rows", [])
+        # FENSE and DATE keep each pair's score: intervals and comparisons read it back.
+        kept = bool(rows) and all(r.get("pair_scores") is not None for r in rows)
+        with atomic_open(out / predictions_file(result["task"]), "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["key", "prompt", "prediction", "reference"])
-            for row in result.get("rows", []):
-                for reference in row["references"]:
-                    writer.writerow([row["key"], row["prompt"], row["prediction"], reference])
+            writer.writerow(["key", "prompt", "prediction", "reference", *(["pair_score"] * kept)])
+            for row in rows:
+                for i, reference in enumerate(row["references"]):
+                    extra = [repr(float(row["pair_scores"][i]))] if kept else []
+                    writer.writerow(
+                        [row["key"], row["prompt"], row["prediction"], reference, *extra]
+                    )
     return summary
+
+
+def predictions_file(task: str) -> str:
+    return f"predictions_{task}.csv"
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a predictions file, one per clip (its references together, in file order),
+    as the evaluation keeps them: key, prompt, prediction, references (and pair_scores)."""
+    rows: dict[str, dict[str, Any]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        kept = "pair_score" in (reader.fieldnames or [])
+        for line in reader:
+            row = rows.setdefault(
+                line["key"],
+                {
+                    "key": line["key"],
+                    "prompt": line["prompt"],
+                    "prediction": line["prediction"],
+                    "references": [],
+                    **({"pair_scores": []} if kept else {}),
+                },
+            )
+            row["references"].append(line["reference"])
+            if kept:
+                row["pair_scores"].append(float(line["pair_score"]))
+    return list(rows.values())
+
+
+def _bounds(interval: Sequence[float] | None) -> list[str]:
+    return [_fmt(float(v)) for v in interval] if interval else ["", ""]
 
 
 SKIPPED_FILE = "skipped.tsv"

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xares.atomic import write_text
+from xares.results.intervals import IntervalSettings
 from xares.results.scores import overall_score
 from xares.run import metadata
 from xares.run.directory import claim_run_dir
@@ -138,6 +139,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 ),
                 model_dir=model_run_dir(ckpt_path, out),
                 reuse=bool(cfg.get("reuse_scores", True)),
+                intervals=IntervalSettings.of(cfg.get("intervals")),
             )
         finally:
             finish_wandb()

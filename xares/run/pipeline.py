@@ -21,6 +21,7 @@ from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
 from xares.results import scores
+from xares.results.intervals import IntervalSettings, attach_intervals
 from xares.run import metadata
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
@@ -242,6 +243,7 @@ def evaluate_and_report(
     run: dict[str, Any] | None = None,
     model_dir: Path | None = None,
     reuse: bool = True,
+    intervals: IntervalSettings | None = None,
 ) -> dict[str, Any]:
     """Generate and score every test set, print the table, write the score files.
 
@@ -253,12 +255,14 @@ def evaluate_and_report(
     is what the run was; it is completed with the end time and written to ``scores.json``.
     ``model_dir`` is the scored model's run directory, where finished test sets are kept so
     a rerun resumes (:func:`reuse_scored_sets`; ``reuse=false`` rescores every set).
+    ``intervals`` says how the bootstrap intervals are drawn (none when ``None``).
     """
     meter = Efficiency.of(trainer)
     reused = reuse_scored_sets(trainer, module, datamodule, out, model_dir or out, reuse)
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = scores.summarise(module.results, meter.summary(started, trainer))
     summary["reused"] = reused
+    attach_intervals(summary, module.results, intervals or IntervalSettings(resamples=0))
     # Training steps skipped for a non-finite loss, of the model scored here.
     summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
     # A debug run that reads only some test batches leaves sets unread on purpose.

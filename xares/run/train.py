@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from xares.data.task_spec import TaskSpec
+from xares.results.intervals import IntervalSettings
 from xares.results.scores import overall_score
 from xares.run import metadata
 from xares.run.directory import claim_run_dir
@@ -101,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     # Trained here: the model is this run's; scored only: the checkpoint's.
                     model_dir=out if fit else model_run_dir(resolved and resolved[0], out),
                     reuse=bool(cfg.get("reuse_scores", True)),
+                    intervals=IntervalSettings.of(cfg.get("intervals")),
                 )
             if unsaved is not None:
                 raise unsaved

@@ -23,6 +23,7 @@ from xares.data.samples import undecodable_formats
 from xares.data.shards import MissingShardError, resolve_shards
 from xares.data.task_spec import TaskConfigError, TaskSpec
 from xares.metrics import build_metric
+from xares.results.intervals import IntervalSettings
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,11 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
     tokens = generation.get("max_new_tokens")
     if evaluate and tokens is not None and not (_int(tokens) and tokens >= 1):
         problems.append(f"generation.max_new_tokens={tokens!r}: write 1 or more")
+    if evaluate:
+        try:
+            IntervalSettings.of(_plain(cfg.get("intervals")))
+        except (ValueError, TypeError) as error:
+            problems.append(f"intervals: {error}")
     return problems
 
 

@@ -341,6 +341,7 @@ class AudioLLMModule(pl.LightningModule):
             "chance": spec.get("chance"),
             "track": spec.get("track"),
             "set_id": test_set_id(spec),
+            "metric_args": dict(spec.get("metric_args") or {}),
             "clips": len(items),
             # Test samples left out, by reason (bad audio, corrupt or missing label...).
             "dropped": dict(sorted(dropped.items())),
