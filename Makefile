@@ -80,6 +80,10 @@ sweep: install ## Multirun over encoders: make sweep ENCODERS=mel,dummy TASK=min
 report: install ## Leaderboard of every run under outputs/ (or RUNS=dir ...): table + outputs/report/ (or OUT=dir)
 	$(PY) -m xares.report $(or $(RUNS),outputs) $(if $(OUT),--out $(OUT))
 
+compare: install ## Is B better than A? Paired tests per test set: make compare A=outputs/x/run B=outputs/y/run
+	@test -n "$(A)" -a -n "$(B)" || { echo "give the two run directories: make compare A=RUN_DIR B=RUN_DIR" >&2; exit 2; }
+	$(PY) -m xares.compare $(A) $(B) $(if $(OUT),--out $(OUT)) $(ARGS)
+
 bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof that xares learns
 	$(PY) experiments/compare_encoders.py --encoders mel,dummy --experiment demo $(if $(ARGS),-- $(ARGS))
 
@@ -98,4 +102,4 @@ clean: ## Remove caches and run outputs (keeps .venv and xares_data)
 	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report bench bench-speed lint format clean
+.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report compare bench bench-speed lint format clean

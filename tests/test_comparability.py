@@ -188,6 +188,8 @@ def test_wandb_gets_the_verdict(tmp_path, monkeypatch):
          "dropped": {}, "note": ""},
     ]  # fmt: skip
     summary = summarise(results)
+    summary["tasks"][0]["interval"] = [0.25, 0.75]
+    summary["overall_interval"] = [0.25, 0.75]
     reason = {"code": "eval_limit", "text": "data.eval_limit=4: only the first 4 clips"}
     summary["comparability"] = {"comparable": False, "against": "x", "reasons": [reason]}
     logger = wandb_logger(save_dir=str(tmp_path), offline=True)
@@ -197,5 +199,6 @@ def test_wandb_gets_the_verdict(tmp_path, monkeypatch):
         assert run.summary["comparable"] is False
         assert list(run.summary["comparability_reasons"]) == ["eval_limit"]
         assert run.config["xares_comparability"]["reasons"] == [reason]
+        assert (run.summary["overall_ci_low"], run.summary["overall_ci_high"]) == (0.25, 0.75)
     finally:
         wandb.finish()

@@ -312,3 +312,40 @@ def test_compare_refuses_runs_that_scored_other_clips(tmp_path):
         compare.check_pairable(
             compare.load_run(tmp_path / "run_a"), compare.load_run(tmp_path / "run_c")
         )
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def test_the_leaderboard_shows_intervals_and_ties_as_ties(tmp_path):
+    from xares.results import cli, leaderboard
+
+    rng = np.random.default_rng(4)
+    refs = list(rng.choice(LABELS, 150))
+
+    def run(name, skill, seed):
+        r = np.random.default_rng(seed)
+        answers = [ref if r.random() < skill else "noise" for ref in refs]
+        results = results_of({"eval_kws": ("Accuracy", {}, answers, refs)}, {"eval_kws": "A"}.get)
+        write_run(tmp_path / "runs" / name, results)
+
+    run("best", 0.9, 1)
+    run("close", 0.88, 2)  # a few clips apart: a paired test cannot tell it from the best
+    run("weak", 0.5, 3)
+    board = leaderboard.build(scores.collect([tmp_path / "runs"]))
+    cells = {row.label.split()[0]: row.cells["task:eval_kws"] for row in board.rows}
+    assert [row.label.split()[0] for row in board.rows] == ["best", "close", "weak"]
+    assert not cells["best"].tied and cells["close"].tied and not cells["weak"].tied
+    for cell in cells.values():
+        low, high = cell.interval
+        assert low <= cell.mean <= high
+    # The track's mean is that one set's score: its interval is the run's own overall one.
+    track = next(c.key for c in board.columns if c.kind == "track")
+    assert board.rows[0].cells[track].interval == pytest.approx(cells["best"].interval)
+    assert board.rows[1].cells[track].tied
+    written = cli.write_leaderboard(scores.collect([tmp_path / "runs"]), tmp_path / "report")
+    md = written["leaderboard.md"].read_text()
+    assert "≈" in md and "not significantly worse than the column's best" in md
+    low, high = cells["weak"].interval
+    assert f"[{low:.3f}, {high:.3f}]" in md
+    assert 'class="tied"' in written["leaderboard.html"].read_text()

@@ -76,10 +76,21 @@ def load_run(directory: str | Path) -> ScoredRun:
     return run
 
 
-def check_pairable(a: ScoredRun, b: ScoredRun) -> list[str]:
+def check_pairable(a: ScoredRun, b: ScoredRun, strict: bool = True) -> list[str]:
     """The test sets both runs scored on the same clips; a :class:`ComparisonError` naming
-    the first mismatch otherwise."""
+    the first mismatch otherwise. Not ``strict``: the sets that can be paired, the others
+    left out without an error (a leaderboard pairs what it can)."""
     names_a, names_b = list(a.tasks), list(b.tasks)
+    if not strict:
+        paired = []
+        for name in (n for n in names_a if n in b.tasks):
+            single_a = ScoredRun(a.label, a.directory, a.summary, {name: a.tasks[name]}, a.rows)
+            single_b = ScoredRun(b.label, b.directory, b.summary, {name: b.tasks[name]}, b.rows)
+            try:
+                paired += check_pairable(single_a, single_b)
+            except ComparisonError:
+                continue
+        return paired
     if set(names_a) != set(names_b):
         only_a = sorted(set(names_a) - set(names_b))
         only_b = sorted(set(names_b) - set(names_a))
@@ -194,9 +205,13 @@ def compare(
     permutations: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    strict: bool = True,
 ) -> dict[str, Any]:
-    """The comparison of two runs (B − A) as a JSON-ready dict: sets, tracks, overall."""
-    paired = check_pairable(a, b)
+    """The comparison of two runs (B − A) as a JSON-ready dict: sets, tracks, overall.
+
+    ``strict=False`` compares the sets that can be paired instead of refusing the runs
+    (``not_compared`` lists the others)."""
+    paired = check_pairable(a, b, strict=strict)
     rng = np.random.default_rng(seed)
     sets, boot, perm, observed = [], {}, {}, {}
     weights = {n: float(a.tasks[n]["weight"]) for n in paired}
@@ -263,7 +278,7 @@ def compare(
     for entry, adjusted in zip(means, holm([m["p"] for m in means])):
         entry["p_holm"] = adjusted
         entry["significant"] = bool(adjusted < ALPHA)
-    unpaired = [n for n in a.tasks if n not in paired]
+    unpaired = [n for n in dict.fromkeys([*a.tasks, *b.tasks]) if n not in paired]
     return {
         "a": {"label": a.label, "run_dir": str(a.directory)},
         "b": {"label": b.label, "run_dir": str(b.directory)},

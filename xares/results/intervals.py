@@ -148,7 +148,7 @@ def replicate_scores(
     """Bootstrap replicate scores of statistics over the same clips (two runs of one test
     set), every one resampled with the same draws: paired replicates."""
     clips = sets[0].clips
-    parts: list[list[np.ndarray]] = [[] for _ in sets]
+    parts: list[list[np.ndarray]] = [[np.zeros(0)] for _ in sets]
     for counts in resample_counts(clips, resamples, rng):
         for stats, part in zip(sets, parts):
             part.append(stats.combine_counts(counts))

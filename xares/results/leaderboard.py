@@ -61,6 +61,11 @@ NOT_CHECKED = (
 # What a reference row's label ends with, by its kind.
 SUFFIX = {"baseline": "(published)", "reference": "(challenge)"}
 NO_REASON = "not comparable (its scores.json gives no reason)"
+TIED_MARK = "≈"
+TIED = (
+    "not significantly worse than the column's best: a paired test of the two runs on the same "
+    "clips (exact McNemar for accuracy, else a permutation test) gives p ≥ {alpha:g}"
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,10 @@ class Cell:
     combined: bool = False
     # A mean over test sets that not every seed scored: no per-seed value either.
     partial: bool = False
+    # The run's bootstrap interval of this number (one run only: seeds show their spread).
+    interval: list[float] | None = None
+    # Not significantly worse than the column's best (a paired test on the same clips).
+    tied: bool = False
 
     @property
     def mean(self) -> float:
@@ -405,6 +414,96 @@ def _mean_cell(
     return Cell([mean(per_task)], runs, combined=len(holders) > 1, partial=not complete)
 
 
+def _interval(value: Any) -> list[float] | None:
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_number(v) is not None for v in value)
+    ):
+        return [float(value[0]), float(value[1])]
+    return None
+
+
+def _own_interval(members: list[Configuration], column: Column, cell: Cell) -> list[float] | None:
+    """A one-run cell's interval from the run's own scores.json, where the run's own mean is
+    the cell's (same test sets, same weights)."""
+    if len(cell.runs) != 1 or cell.combined or cell.partial:
+        return None
+    run = next(r for m in members for r in m.runs if r["run_dir"] == cell.runs[0])
+    if column.kind == "overall":
+        own, interval = run.get("overall"), run.get("overall_interval")
+    else:
+        own = (run.get("tracks") or {}).get(column.track)
+        interval = (run.get("tracks_interval") or {}).get(column.track)
+        if own is None and not run.get("tracks"):
+            # A run of one track: its overall is that track's mean.
+            own, interval = run.get("overall"), run.get("overall_interval")
+    if _number(own) is None or not math.isclose(float(own), cell.mean, abs_tol=1e-9):
+        return None
+    return _interval(interval)
+
+
+def _ties(columns: Sequence[Column], rows: Sequence[Row], winners: Mapping[str, list[Row]]) -> None:
+    """Mark each one-run cell that a paired test cannot tell from its column's best.
+
+    Only runs that scored the same clips as the best are tested; a row of several seeds
+    shows its spread instead, and a published number has no answers to pair.
+    """
+    from xares.results import compare
+
+    loaded: dict[str, Any] = {}
+    results: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+    def run(path: str) -> Any:
+        if path not in loaded:
+            try:
+                loaded[path] = compare.load_run(path)
+            except (OSError, ValueError, KeyError) as error:
+                log.warning("%s: not tested for ties with the best (%s)", path, error)
+                loaded[path] = None
+        return loaded[path]
+
+    def paired(best: str, other: str) -> dict[str, Any] | None:
+        if (best, other) not in results:
+            a, b = run(best), run(other)
+            results[best, other] = (
+                None if a is None or b is None else compare.compare(a, b, resamples=0, strict=False)
+            )
+        return results[best, other]
+
+    for column in columns:
+        if column.kind == "normalised" or column.key not in winners:
+            continue
+        best = winners[column.key][0].cells[column.key]
+        if len(best.runs) != 1 or best.combined or best.partial:
+            continue
+        for row in rows:
+            cell = row.cells.get(column.key)
+            if row.kind != "run" or cell is None or any(row is w for w in winners[column.key]):
+                continue
+            if len(cell.runs) != 1 or cell.combined or cell.partial:
+                continue
+            result = paired(best.runs[0], cell.runs[0])
+            p = None if result is None else _paired_p(result, column)
+            cell.tied = p is not None and p >= compare.ALPHA
+
+
+def _paired_p(result: Mapping[str, Any], column: Column) -> float | None:
+    """The unadjusted p-value of ``column``'s number in a comparison, where every test set
+    behind that number was paired."""
+    if column.kind == "task":
+        name = column.key.removeprefix("task:")
+        entry = next((s for s in result["sets"] if s["task"] == name), None)
+        return None if entry is None else entry["p"]
+    if result["not_compared"]:
+        return None
+    means = {m["task"]: m for m in result["means"]}
+    entry = means.get("overall") if column.kind == "overall" else means.get(f"mean {column.track}")
+    if entry is None and column.kind == "track" and len(means) == 1:
+        entry = means.get("overall")  # a run of one track: its overall is the track's mean
+    return None if entry is None else entry["p"]
+
+
 def _cost(members: list[Configuration]) -> dict[str, Any]:
     parameters, seconds = None, []
     for config in members:
@@ -620,12 +719,17 @@ def _run_row(
         for task in config.tasks:
             pairs = config.scores(task)
             if pairs:
-                cells[f"task:{task}"] = Cell([s for s, _ in pairs], [d for _, d in pairs])
+                cell = Cell([s for s, _ in pairs], [d for _, d in pairs])
+                if len(pairs) == 1:
+                    cell.interval = _interval(config.tasks[task].get("interval"))
+                cells[f"task:{task}"] = cell
     for column in columns:
         if column.kind != "task":
             names = _sets_of(column, specs)
             cell = _mean_cell(members, names, scoring if column.kind == "normalised" else None)
             if cell is not None:
+                if column.kind in ("track", "overall"):
+                    cell.interval = _own_interval(members, column, cell)
                 cells[column.key] = cell
     label, detail, from_folder = _label(members)
     return Row(
@@ -715,12 +819,14 @@ def build(
     rows = _rank(rows, columns)
     footnotes = _mark(rows)
     source = challenge.get("source") or {}
+    winners = _winners(columns, rows)
+    _ties(columns, rows, winners)
     return Leaderboard(
         columns,
         rows,
         _reference_rows(baselines, challenge, columns, specs, scoring),
         _chance_row(columns, specs, scoring),
-        _winners(columns, rows),
+        winners,
         baselines.get("source", ""),
         source.get("text", "") if isinstance(source, Mapping) else str(source),
         footnotes,
@@ -770,7 +876,16 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
 
     def cell(row: Row, column: Column) -> dict[str, Any]:
         found = row.cells.get(column.key)
-        empty = {"text": "–", "spread": None, "n": None, "href": None, "title": "", "marks": []}
+        empty = {
+            "text": "–",
+            "spread": None,
+            "n": None,
+            "href": None,
+            "title": "",
+            "marks": [],
+            "interval": None,
+            "tied": False,
+        }
         if found is None:
             return empty | {"combined": False, "partial": False, "best": False}
         link = os.path.relpath(found.runs[0], out) if found.runs and column.kind == "task" else None
@@ -789,6 +904,10 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
             "best": best,
             # A best that no comparable run contests says so where it is highlighted.
             "marks": row.marks if best else [],
+            "interval": None
+            if found.interval is None
+            else f"[{_fmt(found.interval[0])}, {_fmt(found.interval[1])}]",
+            "tied": found.tied,
         }
 
     def rows(rs: Iterable[Row]) -> list[dict[str, Any]]:
@@ -847,6 +966,10 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
         "any_combined": any(c.combined for r in board.rows for c in r.cells.values()),
         "partial": PARTIAL,
         "any_partial": any(c.partial for r in board.rows for c in r.cells.values()),
+        "any_interval": any(c.interval for r in board.rows for c in r.cells.values()),
+        "any_tied": any(c.tied for r in board.rows for c in r.cells.values()),
+        "tied_mark": TIED_MARK,
+        "tied": TIED.format(alpha=0.05),
         "notes": board.notes,
         "footnotes": [
             {"mark": f.mark, "text": f"not comparable with {f.against}: " + "; ".join(f.reasons)}
@@ -878,12 +1001,16 @@ def _markdown_cell(cell: Mapping[str, Any]) -> str:
         text += "*"
     if cell.get("partial"):
         text += "‡"
+    if cell.get("tied"):
+        text += f" {TIED_MARK}"
     if cell.get("marks"):
         text += " " + " ".join(cell["marks"])
     if cell.get("spread"):
         text += f" ± {cell['spread']}"
     if cell.get("n"):
         text += f" (n={cell['n']})"
+    if cell.get("interval"):
+        text += f" {cell['interval']}"
     return text
 
 

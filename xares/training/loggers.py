@@ -51,7 +51,17 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-SCORE_COLUMNS = ("task", "metric", "score", "weight", "chance", "track", "clips")
+SCORE_COLUMNS = (
+    "task",
+    "metric",
+    "score",
+    "ci_low",
+    "ci_high",
+    "weight",
+    "chance",
+    "track",
+    "clips",
+)
 
 
 def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
@@ -69,11 +79,24 @@ def log_final_scores(loggers: list[Any], summary: Mapping[str, Any]) -> None:
         return
     import wandb
 
-    rows = [[t.get(c) for c in SCORE_COLUMNS] for t in summary["tasks"]]
+    def bounds(interval: Any) -> dict[str, float | None]:
+        low, high = interval or (None, None)
+        return {"ci_low": low, "ci_high": high}
+
+    rows = [
+        [{**t, **bounds(t.get("interval"))}.get(c) for c in SCORE_COLUMNS] for t in summary["tasks"]
+    ]
     run.log({"scores": wandb.Table(columns=list(SCORE_COLUMNS), data=rows)})
+    tracks_interval = summary.get("tracks_interval") or {}
     for track, value in track_means(summary["tasks"]).items():
         run.summary[f"track/{track}"] = value
+        for name, bound in bounds(tracks_interval.get(track)).items():
+            if bound is not None:
+                run.summary[f"track/{track}_{name}"] = bound
     run.summary["overall"] = summary["overall"]
+    for name, bound in bounds(summary.get("overall_interval")).items():
+        if bound is not None:
+            run.summary[f"overall_{name}"] = bound
     run.summary["partial"] = summary["partial"]
     verdict = summary.get("comparability")
     if verdict is not None:
