@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -20,8 +21,13 @@ def normalise_text(text: object, keep_punctuation: bool = False) -> str:
     """
     if text is None:
         return ""
-    if not isinstance(text, str):
-        text = str(text)
+    return _normalise(text if isinstance(text, str) else str(text), keep_punctuation)
+
+
+# Labels repeat across a test set's thousands of pairs, and intervals and comparisons score
+# the same answers again: each distinct text is normalised once.
+@functools.lru_cache(maxsize=1 << 16)
+def _normalise(text: str, keep_punctuation: bool) -> str:
     text = unicodedata.normalize("NFKC", text).lower().replace("-", " ")
     if not keep_punctuation:
         text = text.translate(_STRIP_PUNCTUATION)

@@ -112,9 +112,15 @@ def keep_pair_scores(rows: Sequence[dict[str, Any]], stats: PairStatistics) -> N
         row["pair_scores"] = [next(values) for _ in row["references"]]
 
 
-def set_statistics(task: str, metric: Any, rows: Sequence[Mapping[str, Any]]) -> SetStatistics:
-    """The per-clip rows of one test set (``rows`` as the evaluation keeps them)."""
-    stats = pair_statistics(metric, rows)
+def set_statistics(
+    task: str,
+    metric: Any,
+    rows: Sequence[Mapping[str, Any]],
+    stats: PairStatistics | None = None,
+) -> SetStatistics:
+    """The per-clip rows of one test set (``rows`` as the evaluation keeps them; ``stats``,
+    their :func:`pair_statistics`, when already made)."""
+    stats = stats if stats is not None else pair_statistics(metric, rows)
     counts = [len(r["references"]) for r in rows]
     pairs = sum(counts)
     owner = np.repeat(np.arange(len(rows)), counts)
@@ -191,9 +197,10 @@ def statistics_of_results(
         try:
             metric = build_metric(result["metric"], result.get("metric_args") or {})
             rows = result.get("rows") or []
-            found[name] = set_statistics(name, metric, rows)
+            stats = pair_statistics(metric, rows)
             if metric.keep_pair_scores:
-                keep_pair_scores(rows, pair_statistics(metric, rows))
+                keep_pair_scores(rows, stats)
+            found[name] = set_statistics(name, metric, rows, stats)
         except (NotImplementedError, MetricUnavailableError, ValueError) as error:
             missing[name] = str(error)
             log.warning("%s: no interval (%s)", name, error)
