@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from xares.fingerprint import fingerprint
 
 
 class TaskConfigError(ValueError):
@@ -126,9 +126,7 @@ IDENTITY_KEYS = ("shards", "label_key", "label_join", "prompt", "metric", "metri
 
 def test_set_id(spec: Mapping[str, Any]) -> str:
     """12 hex digits naming a test set's identity, so two sets that share a name are told apart."""
-    identity = {k: spec.get(k) for k in IDENTITY_KEYS}
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return fingerprint({k: spec.get(k) for k in IDENTITY_KEYS}, 12)
 
 
 def eval_defaults() -> dict[str, Any]:

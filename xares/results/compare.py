@@ -112,7 +112,7 @@ def check_pairable(a: ScoredRun, b: ScoredRun, strict: bool = True) -> list[str]
             tb.get("metric_args") or {}
         ):
             raise ComparisonError(f"{name}: the runs scored it with different metrics")
-        if name not in a.rows or name not in b.rows:
+        if not a.rows.get(name) or not b.rows.get(name):
             continue  # not scored (or its answers are gone) in one of them: nothing to pair
         keys_a = {r["key"]: r["references"] for r in a.rows[name]}
         keys_b = {r["key"]: r["references"] for r in b.rows[name]}

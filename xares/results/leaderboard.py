@@ -40,6 +40,7 @@ import yaml
 
 from xares.atomic import write_text
 from xares.results.namesakes import separate_namesakes
+from xares.results.scores import weighted_mean
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BASELINES = ASSETS / "published_baselines.yaml"
@@ -155,7 +156,7 @@ class ChallengeScoring:
 
     def mean(self, scores: Iterable[tuple[Mapping[str, Any], float]]) -> float:
         """The challenge's score of (test set, raw score) pairs."""
-        return _weighted_mean(
+        return weighted_mean(
             {"score": self.normalise(t["metric"], score), "weight": self.weight(t["task"])}
             for t, score in scores
         )
@@ -278,15 +279,6 @@ class Leaderboard:
         return any(row is winner for winner in self.winners.get(column.key, ()))
 
 
-def _weighted_mean(items: Iterable[Mapping[str, Any]]) -> float:
-    """The mean of ``score`` weighted by ``weight`` (items are scored test sets or cells)."""
-    items = list(items)
-    weights = [float(i["weight"]) for i in items]
-    if not items or sum(weights) <= 0:
-        return float("nan")
-    return float(np.average([float(i["score"]) for i in items], weights=weights))
-
-
 def _number(value: Any) -> float | None:
     if value is None:
         return None
@@ -381,7 +373,7 @@ def _mean_cell(
     def mean(scored: Iterable[tuple[Mapping[str, Any], float]]) -> float:
         if scoring is not None:
             return scoring.mean(scored)
-        return _weighted_mean({"score": score, "weight": t["weight"]} for t, score in scored)
+        return weighted_mean({"score": score, "weight": t["weight"]} for t, score in scored)
 
     holders = [m for m in members if set(tasks) & set(m.tasks)]
     complete = all(
@@ -466,9 +458,15 @@ def _ties(columns: Sequence[Column], rows: Sequence[Row], winners: Mapping[str, 
     def paired(best: str, other: str) -> dict[str, Any] | None:
         if (best, other) not in results:
             a, b = run(best), run(other)
-            results[best, other] = (
-                None if a is None or b is None else compare.compare(a, b, resamples=0, strict=False)
-            )
+            try:
+                results[best, other] = (
+                    None
+                    if a is None or b is None
+                    else compare.compare(a, b, resamples=0, strict=False)
+                )
+            except ValueError as error:  # answers a metric cannot read: no test, no mark
+                log.warning("%s vs %s: not tested for a tie (%s)", best, other, error)
+                results[best, other] = None
         return results[best, other]
 
     for column in columns:
@@ -790,7 +788,7 @@ def _chance_row(
             cells[column.key] = Cell([scoring.mean(scored)])
         else:
             weighted = ({"score": s, "weight": t["weight"]} for t, s in scored)
-            cells[column.key] = Cell([_weighted_mean(weighted)])
+            cells[column.key] = Cell([weighted_mean(weighted)])
     return Row("chance", "chance", cells) if cells else None
 
 

@@ -6,8 +6,6 @@ two custom encoders are two rows, and seeds of one configuration are one row.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import socket
 import subprocess
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from xares.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def config_hash(cfg: DictConfig | Mapping[str, Any], sections: tuple[str, ...] =
         kept = {k: v for k, v in kept.items() if k in sections}
     if isinstance(kept.get("trainer"), dict):
         kept["trainer"] = {k: v for k, v in kept["trainer"].items() if k not in UNHASHED_TRAINER}
-    text = json.dumps(_relative_paths(kept, prefixes), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return fingerprint(_relative_paths(kept, prefixes), 12)
 
 
 def git_state(where: Path | None = None) -> dict[str, Any] | None:

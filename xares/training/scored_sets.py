@@ -35,6 +35,7 @@ import torch
 
 from xares.atomic import atomic_open
 from xares.data.task_spec import test_set_id
+from xares.fingerprint import fingerprint
 from xares.run.metadata import git_state
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -89,7 +85,7 @@ def evaluation_key(
         # One process: the rows do not depend on the slicing. Several: each file is one slice.
         "slices": [world_size, num_workers] if world_size > 1 else None,
     }
-    return _digest(parts)[:16]
+    return fingerprint(parts, 16)
 
 
 class ScoredSets:
