@@ -72,10 +72,11 @@ class mAP(Metric):
     def labels(self, text: Any) -> list[str]:
         return split_labels(text, self.separator, self.lenient_labels)
 
-    def compute(self, predictions: list[Any], references: list[Any]) -> float:
-        # Deferred: scikit-learn takes about a second to import and only mAP needs it.
-        from sklearn.metrics import average_precision_score
-
+    def indicators(
+        self, predictions: list[Any], references: list[Any]
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The reference labels (one per column, in column order; any further columns up to
+        ``num_classes`` have none) and the 0/1 reference and answer matrices, a row per pair."""
         ref_labels = [self.labels(r) for r in references]
         classes = sorted(set().union(*ref_labels))
         if not classes:
@@ -93,10 +94,22 @@ class mAP(Metric):
         for row, (prediction, labels) in enumerate(zip(predictions, ref_labels)):
             y_true[row, [index[label] for label in labels]] = 1
             y_pred[row, [index[lb] for lb in self.labels(prediction) if lb in index]] = 1
+        return classes, y_true, y_pred
+
+    @staticmethod
+    def average_precisions(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """The AP of each column; their mean is the score."""
+        # Deferred: scikit-learn takes about a second to import and only mAP needs it.
+        from sklearn.metrics import average_precision_score
+
         with warnings.catch_warnings():
             # A column without positives is expected (num_classes > labels seen); it scores 0.
             warnings.simplefilter("ignore", UserWarning)
-            if width == 1:
+            if y_true.shape[1] == 1:
                 # One column would be read as a binary target, not a one-class indicator.
-                return float(average_precision_score(y_true[:, 0], y_pred[:, 0]))
-            return float(average_precision_score(y_true, y_pred, average="macro"))
+                return np.array([average_precision_score(y_true[:, 0], y_pred[:, 0])])
+            return np.asarray(average_precision_score(y_true, y_pred, average=None))
+
+    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+        _, y_true, y_pred = self.indicators(predictions, references)
+        return float(np.mean(self.average_precisions(y_true, y_pred)))
