@@ -84,9 +84,9 @@ def confusion_picture(labels: Sequence[str], matrix: np.ndarray, title: str) -> 
     if n <= MAX_ANNOTATED_CLASSES:
         for (i, j), count in np.ndenumerate(matrix):
             if count:
-                dark = shares[i, j] > 0.6
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=9 if n <= 10 else 7,
-                        color="white" if dark else "#1f2328")  # fmt: skip
+                colour = "white" if shares[i, j] > 0.6 else "#1f2328"
+                size = 9 if n <= 10 else 7
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=size, color=colour)
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the reference's pairs")
     return _png(fig)
 
@@ -109,6 +109,11 @@ def ap_picture(per_class: Mapping[str, Mapping[str, Any]], title: str) -> str:
     return _png(fig)
 
 
+def _number(value: Any) -> str:
+    """A score as the tables print it; ``None`` (JSON for NaN) as ``n/a``."""
+    return _fmt(float("nan") if value is None else float(value))
+
+
 def _interval(value: Any) -> str:
     if isinstance(value, Sequence) and len(value) == 2 and all(v is not None for v in value):
         return f"[{float(value[0]):.4f}, {float(value[1]):.4f}]"
@@ -120,7 +125,7 @@ def _score_rows(summary: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
         {
             "task": t["task"],
             "metric": t["metric"],
-            "score": _fmt(float("nan") if t.get("score") is None else float(t["score"])),
+            "score": _number(t.get("score")),
             "interval": _interval(t.get("interval")),
             "weight": _fmt(float(t["weight"])),
             "chance": _fmt(t.get("chance")),
@@ -139,19 +144,18 @@ def _score_rows(summary: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
     means = [
         {
             "label": f"mean {track}",
-            "score": _fmt(score),
+            "score": _number(score),
             "interval": _interval(intervals.get(track)),
         }
         for track, score in (summary.get("tracks") or {}).items()
     ]
-    overall = summary.get("overall")
     label = "overall (weighted)"
     if summary.get("partial"):
         label = f"overall (PARTIAL: without {', '.join(summary.get('unscored') or [])})"
     means.append(
         {
             "label": label,
-            "score": _fmt(float("nan") if overall is None else float(overall)),
+            "score": _number(summary.get("overall")),
             "interval": _interval(summary.get("overall_interval")),
         }
     )
@@ -277,7 +281,7 @@ def write_run_page(run_dir: str | Path) -> Path:
         lstrip_blocks=True,
     )
     env.filters["percent"] = _percent
-    env.filters["num"] = lambda v: _fmt(float("nan") if v is None else float(v))
+    env.filters["num"] = _number
     path = run_dir / PAGE
     write_text(path, env.get_template(f"{PAGE}.j2").render(**page_context(run_dir, summary)))
     return path
