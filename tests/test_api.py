@@ -132,8 +132,15 @@ def test_train_writes_only_its_run_dir_and_evaluate_rescores_it(tmp_path, monkey
     assert result["comparability"]["comparable"] is False
     scores = json.loads((run / "scores.json").read_text())
     assert scores["overall"] == pytest.approx(result["overall"])
-    for name in ("scores.tsv", "predictions_eval_pitch.csv", "checkpoints/last.ckpt"):
+    for name in (
+        "scores.tsv",
+        "predictions_eval_pitch.csv",
+        "checkpoints/last.ckpt",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
+    # The classification set's diagnosis, not the transcription set's.
+    assert [("diagnosis" in t) for t in scores["tasks"]] == [True, False]
     assert "trainer.max_steps=20" in (run / ".hydra" / "overrides.yaml").read_text()
 
     # Nothing outside the run directory: no ./None, no claim in outputs/, no ./xares_data.

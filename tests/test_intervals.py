@@ -48,7 +48,7 @@ def test_map_taken_apart_gives_scikit_learns_score_back(num_classes):
         metric(preds, refs), abs=1e-12
     )
     # And against scikit-learn directly, columns without positives scoring 0.
-    y_true, y_pred, _ = metric.indicators(preds, refs)
+    _, y_true, y_pred = metric.indicators(preds, refs)
     per_class = [
         average_precision_score(y_true[:, c], y_pred[:, c]) if y_true[:, c].any() else 0.0
         for c in range(y_true.shape[1])

@@ -79,9 +79,9 @@ class mAP(Metric):
 
     def indicators(
         self, predictions: list[Any], references: list[Any]
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """The 0/1 reference and answer matrices (pairs × ``num_classes``) and the labels of
-        their first columns (the distinct reference labels, sorted)."""
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The reference labels (one per column, in column order; any further columns up to
+        ``num_classes`` have none) and the 0/1 reference and answer matrices, a row per pair."""
         ref_labels = [self.labels(r) for r in references]
         classes = sorted(set().union(*ref_labels))
         if not classes:
@@ -99,21 +99,25 @@ class mAP(Metric):
         for row, (prediction, labels) in enumerate(zip(predictions, ref_labels)):
             y_true[row, [index[label] for label in labels]] = 1
             y_pred[row, [index[lb] for lb in self.labels(prediction) if lb in index]] = 1
-        return y_true, y_pred, classes
+        return classes, y_true, y_pred
 
-    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+    @staticmethod
+    def average_precisions(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        """The AP of each column; their mean is the score."""
         # Deferred: scikit-learn takes about a second to import and only mAP needs it.
         from sklearn.metrics import average_precision_score
 
-        y_true, y_pred, _ = self.indicators(predictions, references)
-        width = y_true.shape[1]
         with warnings.catch_warnings():
             # A column without positives is expected (num_classes > labels seen); it scores 0.
             warnings.simplefilter("ignore", UserWarning)
-            if width == 1:
+            if y_true.shape[1] == 1:
                 # One column would be read as a binary target, not a one-class indicator.
-                return float(average_precision_score(y_true[:, 0], y_pred[:, 0]))
-            return float(average_precision_score(y_true, y_pred, average="macro"))
+                return np.array([average_precision_score(y_true[:, 0], y_pred[:, 0])])
+            return np.asarray(average_precision_score(y_true, y_pred, average=None))
+
+    def compute(self, predictions: list[Any], references: list[Any]) -> float:
+        _, y_true, y_pred = self.indicators(predictions, references)
+        return float(np.mean(self.average_precisions(y_true, y_pred)))
 
     def statistics(self, predictions: Any, references: Any) -> PairStatistics:
         """Per pair and class: answered and right, answered, in the reference; and a count.
@@ -126,7 +130,7 @@ class mAP(Metric):
         from scipy import sparse
 
         predictions, references = check_pairs(self.name, predictions, references)
-        y_true, y_pred, _ = self.indicators(predictions, references)
+        _, y_true, y_pred = self.indicators(predictions, references)
         rows = np.concatenate(
             [y_true * y_pred, y_pred, y_true, np.ones((len(y_true), 1), dtype=np.float32)], axis=1
         )

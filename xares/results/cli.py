@@ -11,6 +11,7 @@ from typing import Any
 
 from xares.results import leaderboard, plots
 from xares.results.namesakes import separate_namesakes
+from xares.results.run_page import write_run_pages
 from xares.results.scores import _fmt, _render, collect
 
 
@@ -112,8 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("paths", nargs="*", default=["outputs"], help="run or sweep folders")
     parser.add_argument("--out", default="outputs/report", help="folder for the leaderboard files")
+    parser.add_argument(
+        "--run-pages",
+        action="store_true",
+        help="instead, write report.html (scores and per-class diagnosis) into each run directory",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.run_pages:
+        pages = write_run_pages(args.paths)
+        print("\n".join(map(str, pages)) or f"no scores.json under {', '.join(args.paths)}")
+        return 0 if pages else 1
     runs = collect(args.paths)
     if not runs:
         print(f"no readable scores.json under {', '.join(args.paths)}")

@@ -20,8 +20,9 @@ from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
-from xares.results import scores
+from xares.results import diagnosis, scores
 from xares.results.intervals import IntervalSettings, attach_intervals
+from xares.results.run_page import write_run_page
 from xares.run import metadata
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
@@ -262,7 +263,6 @@ def evaluate_and_report(
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = scores.summarise(module.results, meter.summary(started, trainer))
     summary["reused"] = reused
-    attach_intervals(summary, module.results, intervals or IntervalSettings(resamples=0))
     # Training steps skipped for a non-finite loss, of the model scored here.
     summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
     # A debug run that reads only some test batches leaves sets unread on purpose.
@@ -278,10 +278,13 @@ def evaluate_and_report(
         return summary
     if run is not None:
         summary["run"] = metadata.finish(run, module.model.encoder)
+    attach_intervals(summary, module.results, intervals or IntervalSettings(resamples=0))
+    diagnosis.attach(summary, module.results, module.eval_sets)
     print("\n" + scores.format_table(summary), flush=True)
     try:
         scores.write_reports(out, module.results, run_name=run_name, summary=summary)
         scores.write_skipped(out, module.results, module.train_skipped.items())
+        write_run_page(out)
     except OSError as error:
         raise ReportWriteError(
             f"the score files could not be written to {out}: {error}. The table above is this "
