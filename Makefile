@@ -23,6 +23,7 @@ TASK ?= mini
 ENCODERS ?= mel,dummy
 LAUNCHER ?=
 ARGS ?=
+SHAPE_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -87,8 +88,9 @@ compare: install ## Is B better than A? Paired tests per test set: make compare 
 bench: install ## Mel vs dummy encoder on the mini suite, same budget: proof that xares learns
 	$(PY) experiments/compare_encoders.py --encoders mel,dummy --experiment demo $(if $(ARGS),-- $(ARGS))
 
-bench-speed: install ## Reference setting vs fast path, train + generate + test loop: make bench-speed ARGS="--seconds 2.25"
+bench-speed: install ## Reference vs fast path, then the compiled shapes (graphs, padding): make bench-speed ARGS="--seconds 2.25" SHAPE_ARGS="--steps 40"
 	$(PY) experiments/bench_speed.py $(ARGS)
+	$(PY) experiments/bench_shapes.py $(SHAPE_ARGS)
 
 lint: install ## ruff check + format check (CI runs this too)
 	$(VENV)/bin/ruff check .

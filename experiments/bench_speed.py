@@ -43,6 +43,7 @@ from hydra.utils import instantiate  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 from xares.data.collate import collate  # noqa: E402
+from xares.data.lengths import lengths_of  # noqa: E402
 from xares.data.samples import Example  # noqa: E402
 from xares.encoders.cache import clip_id  # noqa: E402
 from xares.models.build import build_model  # noqa: E402
@@ -132,6 +133,10 @@ def build(args, setting: str, device: torch.device):
     torch.manual_seed(0)
     model = build_model(cfg, check=False).to(device)
     model.configure_speed(device)
+    if model.speed.shaped:
+        # speed.buckets=auto: the compiled shapes from this benchmark's own batches.
+        stream = iter(Clips(args, model.text, None, args.batch))
+        model.plan_shapes([lengths_of(next(stream)) for _ in range(64)])
     return cfg, model
 
 

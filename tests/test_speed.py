@@ -94,6 +94,7 @@ def test_bf16_decoder_matches_the_reference_loss_within_bf16_tolerance():
 
 
 def test_compiled_step_pads_to_buckets():
+    torch._dynamo.reset()  # a graph another test compiled for these shapes would skip the hook
     model = model_with(Speed(compile=True, compile_backend="eager", buckets=[48, 96, 192]))
     seen = []
     model._parts()[1].register_forward_hook(lambda m, a, out: seen.append(out[0].shape[1]))
@@ -158,6 +159,10 @@ def test_bucket_lengths():
         (dict(generate_cache="paged"), "generate_cache"),
         (dict(buckets=[0, 64]), "buckets"),
         (dict(text_multiple=0), "text_multiple"),
+        (dict(buckets="some"), "buckets"),
+        (dict(slot_buckets=[0, 8]), "slot_buckets"),
+        (dict(warmup="yes"), "warmup"),
+        (dict(max_shapes=0), "max_shapes"),
     ],
 )
 def test_bad_speed_settings_name_the_setting(settings, message):

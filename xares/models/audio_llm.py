@@ -19,6 +19,7 @@ from torch import nn
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from xares.encoders.contract import normalise_output
+from xares.models.shapes import BatchLengths, Padding, choose_shapes, padding
 from xares.models.speed import Compiled, Speed
 from xares.models.text import TEXT_KEYS, TextEncoder
 
@@ -132,6 +133,136 @@ class AudioLLM(nn.Module):
         )
         return resolved
 
+    # ------------------------------------------------------------------ shapes
+    def training_shape(self, frames: int, prompt: int, target: int) -> tuple[int, int] | None:
+        """The compiled (sequence, slots) shape a batch of these padded widths trains on.
+
+        ``None`` when shapes are not fixed (eager, or no buckets): then the batch is padded
+        only to its own longest row, exactly as without compiling.
+        """
+        if not self.speed.shaped:
+            return None
+        if self.speed.shapes is None:
+            self._unplanned()
+            return None
+        return self.speed.shapes.pick(frames + prompt + target, target)
+
+    def _unplanned(self) -> None:
+        if not self._mask_warning.get("unplanned"):
+            self._mask_warning["unplanned"] = True
+            log.warning(
+                "speed.buckets=auto, but no shapes were planned from the task's lengths (the "
+                "model runs outside a training run): each new length compiles anew. Call "
+                "AudioLLM.plan_shapes, or set speed.buckets to a list of lengths."
+            )
+
+    def slot_weight(self) -> float:
+        """One target slot's cost in sequence positions: vocabulary projection / decoder body."""
+        base, body = self._parts()
+        if body is None:
+            return 0.25
+        embed = {id(p) for p in self.embed_tokens.parameters()}
+        per_position = sum(p.numel() for p in body.parameters() if id(p) not in embed)
+        return base.get_output_embeddings().weight.numel() / max(per_position, 1)
+
+    @torch.no_grad()
+    def frames_for(self, samples: Sequence[int], probes: int = 16) -> dict[int, int]:
+        """The encoder's (and projector's) frames for clips of each length in ``samples``.
+
+        Measured by encoding silence at up to ``probes`` of the lengths and interpolated
+        between them: exact for the encoders whose frames grow linearly (or stay fixed).
+        """
+        import numpy as np
+
+        lengths = sorted({int(n) for n in samples})
+        if not lengths:
+            return {}
+        picks = sorted(
+            {lengths[(i * (len(lengths) - 1)) // max(probes - 1, 1)] for i in range(probes)}
+        )
+        device = next(self.projector.parameters()).device
+        measured = []
+        for n in picks:
+            audio = torch.zeros(1, n, device=device)
+            _, mask = self.encode(audio, torch.ones_like(audio, dtype=torch.long))
+            measured.append(int(mask.sum()))
+        frames = np.ceil(np.interp(lengths, picks, measured) - 1e-6).astype(int)
+        return dict(zip(lengths, (int(f) for f in frames)))
+
+    def batch_lengths(self, drawn: Sequence[Mapping[str, Any]]) -> list[BatchLengths]:
+        """:class:`BatchLengths` of batches drawn by :func:`xares.data.lengths.draw_batches`."""
+        samples = [b["samples"] for b in drawn] + [r[0] for b in drawn for r in b["rows"]]
+        frames = self.frames_for(samples)
+        return [
+            BatchLengths.of(
+                [(frames[r[0]], r[1], r[2]) for r in b["rows"]],
+                frames[b["samples"]],
+                b["prompt"],
+                b["target"],
+            )
+            for b in drawn
+        ]
+
+    def plan_shapes(self, drawn: Sequence[Mapping[str, Any]]) -> Padding | None:
+        """Choose the compiled shapes from the task's drawn batches (``speed.buckets=auto``).
+
+        Logs the set (every graph the training step can need) and its padding overhead, and
+        returns the padding; ``None`` (nothing planned) when the run is not compiled on shapes.
+        """
+        if not self.speed.shaped:
+            return None
+        batches = self.batch_lengths(drawn)
+        if self.speed.buckets == "auto":
+            self.speed.shapes = choose_shapes(
+                batches,
+                int(self.speed.max_shapes),
+                slot_weight=self.slot_weight(),
+                multiple=max(8, int(self.speed.text_multiple)),
+            )
+        shapes = self.speed.shapes
+        cost = padding(batches, shapes)
+        log.info(
+            "compiled shapes (sequence x target slots): %d training graph(s): %s; padding "
+            "%.2f padded/real tokens over %d drawn batches (eager, unbucketed: %.2f)",
+            len(shapes),
+            shapes.describe(),
+            cost.overhead,
+            cost.batches,
+            cost.eager_overhead,
+        )
+        return cost
+
+    def warm_up(self, rows: int, progress: bool = True) -> float:
+        """Compile the training step for every planned shape now; returns the seconds taken.
+
+        Dummy batches of each shape go forward and backward once, so compiling happens here,
+        visibly, and not in the middle of training. Random state and gradients are put back:
+        training afterwards is the same as without the warm-up.
+        """
+        import time
+
+        from tqdm.auto import tqdm
+
+        shapes = self.speed.shapes
+        if shapes is None or not isinstance(self._loss, Compiled):
+            return 0.0
+        embed = self.embed_tokens.weight
+        hidden, device = embed.shape[1], embed.device
+        started = time.perf_counter()
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for seq, width in tqdm(list(shapes), desc="compiling shapes", disable=not progress):
+                inputs = torch.zeros(rows, seq, hidden, dtype=embed.dtype, device=device)
+                inputs.requires_grad_(True)
+                positions = torch.arange(seq, device=device).expand(rows, -1).contiguous()
+                attention = None if self.speed.causal_train else torch.ones_like(positions)
+                slots = torch.arange(width, device=device).expand(rows, -1).contiguous()
+                labels = torch.zeros_like(slots)
+                self._loss(inputs, attention, positions, slots, labels).backward()
+        for parameter in self.parameters():
+            parameter.grad = None
+        return time.perf_counter() - started
+
     # ------------------------------------------------------------------ encoding
     def _encode_uncached(
         self, audio: torch.Tensor, audio_mask: torch.Tensor
@@ -194,6 +325,7 @@ class AudioLLM(nn.Module):
         left_pad: bool,
         pack: bool = False,
         with_labels: bool = True,
+        width: int | None = None,
     ):
         """Each row's real audio frames, then its prompt, then its target + EOS, padded.
 
@@ -201,7 +333,8 @@ class AudioLLM(nn.Module):
         ``labels`` is ``None`` with ``with_labels=False`` (the target-slot loss and generation
         take their labels from the token ids instead).
         ``pack=True`` instead returns one row holding every example back to back (no padding,
-        ``attention`` is ``None``, positions restart at each example).
+        ``attention`` is ``None``, positions restart at each example). ``width``: the padded
+        length to use (one of the compiled shapes), instead of the one :meth:`_width` picks.
         """
         batch, frames, hidden = audio_embeds.shape
         prompt_ids, target_ids = text["prompt_ids"], text["target_ids"]
@@ -209,9 +342,10 @@ class AudioLLM(nn.Module):
         n_prompt = text["prompt_lengths"]
         n_text = n_prompt + text["target_lengths"]
         total = n_audio + n_text
-        width = self._width(
-            frames + prompt_ids.shape[1] + target_ids.shape[1], total, self.speed.shaped
-        )
+        if width is None:
+            width = self._width(
+                frames + prompt_ids.shape[1] + target_ids.shape[1], total, self.speed.shaped
+            )
         embed = self.embed_tokens
         text_embeds = embed(torch.cat([prompt_ids, target_ids], 1))
         source = torch.cat([audio_embeds.to(text_embeds.dtype), text_embeds], 1)
@@ -287,6 +421,11 @@ class AudioLLM(nn.Module):
         text = self.text_batch(prompts, targets, audio_embeds.device, text)
         base, body = self._parts()
         full = body is None or self.speed.logits == "full"
+        shape = None
+        if not (full or self.pack):
+            shape = self.training_shape(
+                audio_embeds.shape[1], text["prompt_ids"].shape[1], text["target_ids"].shape[1]
+            )
         inputs, attention, positions, labels = self._splice(
             audio_embeds,
             frame_mask,
@@ -294,6 +433,7 @@ class AudioLLM(nn.Module):
             left_pad=False,
             pack=self.pack,
             with_labels=full or self.pack,
+            width=shape[0] if shape else None,
         )
         if full or self.pack:
             call = dict(
@@ -321,12 +461,16 @@ class AudioLLM(nn.Module):
         # Right padding comes after every real position, so causal attention alone already
         # hides it from them: without a padding mask the decoder takes its causal fast path.
         mask = None if self.speed.causal_train else attention
+        target_ids = text["target_ids"]
+        if shape is not None and shape[1] > target_ids.shape[1]:
+            # The compiled shape's slot width: the extra slots are never scored.
+            target_ids = nn.functional.pad(target_ids, (0, shape[1] - target_ids.shape[1]))
         # Target token j of a row is predicted from the position just before it.
-        steps = torch.arange(text["target_ids"].shape[1], device=inputs.device)[None]
+        steps = torch.arange(target_ids.shape[1], device=inputs.device)[None]
         slots = (frame_mask.sum(-1) + text["prompt_lengths"] - 1)[:, None] + steps
         slots = slots.clamp(0, inputs.shape[1] - 1)
         scored = steps < text["target_lengths"][:, None]
-        target_labels = torch.where(scored, text["target_ids"], IGNORE_INDEX)
+        target_labels = torch.where(scored, target_ids, IGNORE_INDEX)
         return self._loss(inputs, mask, positions, slots, target_labels)
 
     def batch_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -367,6 +511,17 @@ class AudioLLM(nn.Module):
         text = self.text_batch(prompts, None, audio_embeds.device, text)
         text = {**text, "target_ids": text["target_ids"][:, :0]}
         text["target_lengths"] = torch.zeros_like(text["prompt_lengths"])
+        rows = audio_embeds.shape[0]
+        if self.speed.shaped and rows:
+            # Rows padded to a power of two (copies of the last row, answers dropped): the
+            # compiled decoding step sees a few batch sizes, not one per test set's remainder.
+            extra = (1 << (rows - 1).bit_length()) - rows
+            if extra:
+                audio_embeds, frame_mask = (
+                    _repeat_last(audio_embeds, extra),
+                    _repeat_last(frame_mask, extra),
+                )
+                text = {key: _repeat_last(value, extra) for key, value in text.items()}
         inputs, attention, positions, _ = self._splice(
             audio_embeds, frame_mask, text, left_pad=True, with_labels=False
         )
@@ -389,8 +544,13 @@ class AudioLLM(nn.Module):
             **settings,
         )
         return [
-            text.strip() for text in self.tokenizer.batch_decode(output, skip_special_tokens=True)
+            text.strip()
+            for text in self.tokenizer.batch_decode(output[:rows], skip_special_tokens=True)
         ]
+
+
+def _repeat_last(tensor: torch.Tensor, extra: int) -> torch.Tensor:
+    return torch.cat([tensor, tensor[-1:].expand(extra, *tensor.shape[1:])], 0)
 
 
 def _repetition_penalty(settings: dict[str, Any]) -> LogitsProcessorList:

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from transformers import CompileConfig
+
+from xares.models.shapes import ShapeSet
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,21 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 def _on_cuda(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
+
+
+def _lengths(values: Sequence[int] | None, name: str) -> list[int] | None:
+    lengths = sorted(int(v) for v in values) if values else None
+    if lengths and lengths[0] <= 0:
+        raise ValueError(f"speed.{name} must be positive lengths, got {lengths}")
+    return lengths
+
+
+def _powers_of_two(start: int, stop: int) -> list[int]:
+    """Slot widths start, 2 start, 4 start, ... up to the first at or past ``stop``."""
+    widths = [max(1, int(start))]
+    while widths[-1] < stop:
+        widths.append(widths[-1] * 2)
+    return widths
 
 
 def _choice(value: Any, name: str, allowed: Sequence[Any]) -> Any:
@@ -55,7 +74,15 @@ class Speed:
     compile: bool | str = False  # torch.compile the decoder step: true | false | auto (CUDA)
     compile_mode: str | None = None  # torch.compile mode; reduce-overhead = CUDA graphs
     compile_backend: str = "inductor"  # torch.compile backend (eager: dynamo only, for checks)
-    buckets: Sequence[int] | None = None  # padded sequence lengths while compiled
+    # While compiled: the padded sequence lengths, or ``auto``: (sequence, slots) pairs chosen
+    # from the task's batch lengths (see xares.models.shapes)
+    buckets: Sequence[int] | str | None = None
+    # With a list of ``buckets``: the target-slot widths (null: powers of two)
+    slot_buckets: Sequence[int] | None = None
+    max_shapes: int = 8  # with ``buckets: auto``: at most this many training graphs
+    shape_batches: int = 256  # with ``buckets: auto``: training batches drawn to choose them
+    warmup: bool | str = False  # compile every shape before the first step: true|false|auto
+    compile_cache_dir: str | None = None  # the compiler's on-disk caches (null: its default)
     text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
     generate_cache: str = "dynamic"  # dynamic | static | auto: static on CUDA
     # The run's task is a challenge task: ``auto`` numerics are then the protocol's.
@@ -63,7 +90,10 @@ class Speed:
     # Set by resolve(); until then a model runs eager with a dynamic cache.
     shaped: bool = field(default=False, init=False)
     compiled: bool = field(default=False, init=False)
+    resolved_device: str = field(default="cpu", init=False)
     resolved_cache: str = field(default="dynamic", init=False)
+    # The shapes the compiled step runs on: from the lists, or planned from the task's lengths.
+    shapes: ShapeSet | None = field(default=None, init=False)
 
     def __post_init__(self):
         _choice(self.numerics, "numerics", ["auto", "protocol", "fast"])
@@ -72,9 +102,17 @@ class Speed:
         _choice(self.logits, "logits", ["targets", "full"])
         _choice(self.compile, "compile", [True, False, "auto"])
         _choice(self.generate_cache, "generate_cache", ["dynamic", "static", "auto"])
-        self.buckets = sorted(int(b) for b in self.buckets) if self.buckets else None
-        if self.buckets and self.buckets[0] <= 0:
-            raise ValueError(f"speed.buckets must be positive lengths, got {self.buckets}")
+        _choice(self.warmup, "warmup", [True, False, "auto"])
+        if isinstance(self.buckets, str):
+            _choice(self.buckets, "buckets", ["auto"])
+        else:
+            self.buckets = _lengths(self.buckets, "buckets")
+        self.slot_buckets = _lengths(self.slot_buckets, "slot_buckets")
+        if int(self.max_shapes) < 1 or int(self.shape_batches) < 1:
+            raise ValueError(
+                "speed.max_shapes and speed.shape_batches must be >= 1, got "
+                f"{self.max_shapes} and {self.shape_batches}"
+            )
         if int(self.text_multiple) < 1:
             raise ValueError(f"speed.text_multiple must be >= 1, got {self.text_multiple}")
 
@@ -115,16 +153,24 @@ class Speed:
         compiled = cuda if self.compile == "auto" else bool(self.compile)
         # Fixed lengths only pay when a compiled graph can be reused; eager runs pad least.
         self.shaped = compiled and bool(self.buckets)
+        if self.shaped and self.buckets != "auto":
+            slots = self.slot_buckets or _powers_of_two(self.text_multiple, max(self.buckets))
+            self.shapes = ShapeSet.product(self.buckets, slots)
         if compiled:
-            # One graph per bucket and batch size; the default limit of 8 would silently fall
-            # back to eager after the eighth shape.
+            # One graph per shape; a limit below the set would silently fall back to eager.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            if self.compile_cache_dir and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+                # Where inductor keeps compiled graphs (its FX-graph and AOTAutograd caches,
+                # keyed by graph, shapes, torch version and settings): a shared folder lets
+                # every run of the same decoder on the same shapes reuse them.
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.compile_cache_dir)
         self.resolved_cache = (
             ("static" if cuda else "dynamic")
             if self.generate_cache == "auto"
             else self.generate_cache
         )
         self.compiled = compiled
+        self.resolved_device = torch.device(device).type
         return {
             "device": str(device),
             "decoder_dtype": DTYPES[dtype_name],
@@ -141,8 +187,23 @@ class Speed:
             "generate_cache": self.resolved_cache,
         }
 
+    @property
+    def warm(self) -> bool:
+        """Every shape is compiled before the first step (``auto``: on a CUDA device)."""
+        if not self.compiled or self.shapes is None:
+            return False
+        return self.resolved_device == "cuda" if self.warmup == "auto" else bool(self.warmup)
+
     def bucket(self, length: int) -> int:
-        """The smallest bucket that holds ``length``; past the last, its next multiple."""
+        """The smallest sequence length of the shapes that holds ``length`` (then multiples).
+
+        Generation pads its prompts with this too.
+        """
+        if self.shapes is not None:
+            return self.shapes.bucket(length)
+        if self.buckets == "auto":
+            # Nothing planned (an evaluation alone draws no training lengths): powers of two.
+            return 1 << max(length - 1, 0).bit_length()
         if not self.buckets:
             return length
         index = bisect.bisect_left(self.buckets, length)
@@ -156,7 +217,29 @@ class Speed:
         settings: dict[str, Any] = {"disable_compile": not self.compiled}
         if self.resolved_cache == "static":
             settings["cache_implementation"] = "static"
+            if self.compiled:
+                # transformers compiles the decoding step for a static cache on a GPU; this
+                # passes the run's backend (and lets a CPU compile it when asked to).
+                # Static shapes: one graph per (rows, cache length), both bucketed by the model.
+                mode = self.compile_mode or "reduce-overhead"
+                config = CompileConfig(
+                    backend=self.compile_backend,
+                    mode=mode if self.compile_backend == "inductor" else None,
+                    dynamic=False,
+                )
+                config._compile_all_devices = True
+                settings["compile_config"] = config
         return settings
+
+
+def compile_counts() -> dict[str, int]:
+    """Graphs dynamo compiled and graph breaks it met in this process so far (its counters)."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
 
 
 class Compiled:
@@ -174,8 +257,10 @@ class Compiled:
         # the returned loss is copied out before the loop logs it past the next replay.
         self.graphs = "reduce-overhead" in str(compile_args.get("mode") or "")
         self.failed: BaseException | None = None
+        self.seen: set[tuple] = set()  # the tensor shapes it was called with: one graph each
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.seen.add(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
         if self.failed is None:
             try:
                 if self.graphs:

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from xares.data.lengths import training_lengths
 from xares.data.mixing import DatasetSource, EvalSet, EvalSuite, TrainMixture
 from xares.data.shards import resolve_shards
 from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec
@@ -222,18 +223,21 @@ class TaskDataModule(pl.LightningDataModule):
             worker_init_fn=leave_sigterm_to_the_main_process,
         )
 
+    def _batching(self) -> dict[str, Any]:
+        """How the training mixture draws, crops and batches its clips."""
+        return {
+            "batch_size": self.batch_size,
+            "sample_rate": self.sample_rate,
+            "crop_seconds": self.crop_seconds,
+            "shuffle_buffer": self.shuffle_buffer,
+            "sort_buffer": self.sort_buffer,
+            "seed": self.seed,
+        }
+
     def train_dataloader(self) -> DataLoader:
         self._resolve("fit", self.download)
         mixture = TrainMixture(
-            self.train_sources,
-            batch_size=self.batch_size,
-            sample_rate=self.sample_rate,
-            crop_seconds=self.crop_seconds,
-            shuffle_buffer=self.shuffle_buffer,
-            sort_buffer=self.sort_buffer,
-            seed=self.seed,
-            text=self.text,
-            digest=self.digest,
+            self.train_sources, text=self.text, digest=self.digest, **self._batching()
         )
         if self.trainer is not None:
             # Batches trained on before a resume (Lightning's global_step counts skipped ones).
@@ -241,6 +245,21 @@ class TaskDataModule(pl.LightningDataModule):
             mixture.exact = torch.are_deterministic_algorithms_enabled()
         mixture.ranks = self._ranks()
         return self._loader(mixture, self._workers(self.train_sources))
+
+    def training_lengths(self, text: Callable[..., dict[str, Any]], batches: int) -> list[dict]:
+        """The lengths of the training mixture's first ``batches`` batches (cached on disk).
+
+        Drawn with this run's batching and seed, tokenised by ``text``; see
+        :mod:`xares.data.lengths`. Kept under ``<data_dir>/batch_lengths`` when there is one.
+        """
+        self._resolve("fit", self.download)
+        return training_lengths(
+            self.train_sources,
+            text,
+            batches,
+            cache_dir=os.path.join(self.data_dir, "batch_lengths") if self.data_dir else None,
+            **self._batching(),
+        )
 
     def test_dataloader(self) -> DataLoader:
         """One loader over every test set in order (see :class:`EvalSuite`)."""

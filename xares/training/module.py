@@ -107,6 +107,19 @@ class AudioLLMModule(pl.LightningModule):
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         if self.model.resolved_speed.get("device") != str(device):
             self.model.configure_speed(device)
+        if stage == "fit":
+            self._plan_shapes()
+
+    def _plan_shapes(self) -> None:
+        """``speed.buckets=auto``: the compiled shapes from the training mixture's lengths."""
+        speed = self.model.speed
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if not speed.shaped or speed.shapes is not None or speed.buckets != "auto":
+            return
+        if datamodule is None or not hasattr(datamodule, "training_lengths"):
+            return
+        drawn = datamodule.training_lengths(self.model.text, int(speed.shape_batches))
+        self.model.plan_shapes(drawn)
 
     def _speed(self, key: str, default: Any = None) -> Any:
         return (self.config.get("speed") or {}).get(key, default)
@@ -201,8 +214,26 @@ class AudioLLMModule(pl.LightningModule):
         # A resumed fit: the steps skipped before the checkpoint are owed too.
         for _ in range(self.skipped_steps):
             self._one_more_step()
+        if self.model.speed.warm:
+            rows = getattr(self.trainer.datamodule, "batch_size", None) or 1
+            seconds = self.model.warm_up(rows, progress=self.trainer.is_global_zero)
+            log.info(
+                "compiled the training step for %d shape(s) in %.1f s",
+                len(self.model.speed.shapes),
+                seconds,
+            )
 
     def on_train_end(self) -> None:
+        shapes = self.model.speed.shapes
+        if shapes is not None and hasattr(self.model._loss, "seen"):
+            log.info(
+                "the compiled training step ran on %d shape(s) of the %d planned%s",
+                len(self.model._loss.seen),
+                len(shapes),
+                f"; {len(shapes.outside)} outside the set: {sorted(shapes.outside)}"
+                if shapes.outside
+                else "",
+            )
         if self.training_record is not None:
             self.training_record["steps"] = self.updates
             self.training_record["skipped_steps"] = self.skipped_steps
