@@ -90,7 +90,7 @@ def compose_cfg(overrides: list[str], out: Path):
 
 
 def build(args, task: str, extra: list[str]):
-    from xares.train import build_datamodule, build_module
+    from xares.run.pipeline import build_datamodule, build_module
 
     overrides = [
         f"task={task}",

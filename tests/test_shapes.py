@@ -158,7 +158,7 @@ def test_mini_suite_compiled_run_stays_within_the_printed_set(make_cfg, tmp_path
     from omegaconf import open_dict
 
     from xares.models.audio_llm import AudioLLM
-    from xares.train import train
+    from xares.run.train import train
 
     planned = []
     plan = AudioLLM.plan_shapes
