@@ -94,3 +94,25 @@ def test_no_import_circles():
 
 def test_the_cycle_finder_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_run_directory_file_names_are_written_once():
+    """Each name a run directory's files have is spelled in xares/layout.py only."""
+    from xares import layout
+
+    names = {
+        value
+        for key, value in vars(layout).items()
+        if key.isupper() and isinstance(value, str) and "*" not in value
+    }
+    prefix = layout.PREDICTIONS_GLOB.split("*")[0]
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "layout.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+                if text in names or text.startswith(prefix) or text.endswith(".ckpt"):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {text!r}")
+    assert found == []

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from xares.atomic import write_text
+from xares.layout import SCORES_JSON, predictions_file
 from xares.metrics import build_metric
 from xares.results.intervals import (
     CHUNK_DRAWS,
@@ -32,7 +33,7 @@ from xares.results.intervals import (
     set_statistics,
     weighted_replicates,
 )
-from xares.results.scores import _render, load_run_scores, predictions_file, read_predictions
+from xares.results.scores import _render, load_run_scores, read_predictions
 
 ALPHA = 0.05
 
@@ -60,7 +61,7 @@ class ScoredRun:
 def load_run(directory: str | Path) -> ScoredRun:
     """The scores and answers of a run directory (``scores.json``, ``predictions_*.csv``)."""
     directory = Path(directory)
-    if not (directory / "scores.json").is_file():
+    if not (directory / SCORES_JSON).is_file():
         raise ComparisonError(
             f"{directory} holds no scores.json: give the directory of a finished run (the one "
             "with scores.tsv, scores.json and predictions_<set>.csv)"

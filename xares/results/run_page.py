@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from xares.atomic import write_text
+from xares.layout import RUN_PAGE, SCORES_JSON, predictions_file
 from xares.protocol.comparability import AGAINST
 from xares.results.diagnosis import confusion_matrix, diagnose
 from xares.results.leaderboard import ASSETS
@@ -29,7 +30,7 @@ from xares.results.scores import _fmt, format_efficiency, score_files
 
 log = logging.getLogger(__name__)
 
-PAGE = "report.html"
+PAGE = RUN_PAGE
 # Beyond this many classes a picture has unreadable ticks; the tables stay.
 MAX_PICTURE_CLASSES = 50
 # Cell counts are written in the matrix up to this many classes.
@@ -176,7 +177,7 @@ def _set_section(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     """What the page shows for one classification set: its diagnosis (from ``scores.json``,
     or computed from its predictions file) and its picture."""
     name, metric = entry["task"], entry["metric"]
-    path = run_dir / f"predictions_{name}.csv"
+    path = run_dir / predictions_file(name)
     rows = read_rows(path) if path.is_file() else None
     block = entry.get("diagnosis")
     notes = []
@@ -272,7 +273,7 @@ def write_run_page(run_dir: str | Path) -> Path:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "scores.json").read_text())
+    summary = json.loads((run_dir / SCORES_JSON).read_text())
     env = Environment(
         loader=FileSystemLoader(ASSETS),
         autoescape=select_autoescape(enabled_extensions=("html.j2",)),

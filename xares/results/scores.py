@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xares.atomic import atomic_open
+from xares.layout import SCORES_JSON, SCORES_TSV, SKIPPED, predictions_file
 from xares.protocol.comparability import format_verdict
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def write_reports(
     summary = summary if summary is not None else summarise(results, efficiency)
     if run_name:
         summary["run_name"] = run_name
-    with atomic_open(out / "scores.tsv", "w", newline="") as f:
+    with atomic_open(out / SCORES_TSV, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(
             ["task", "metric", "score", "ci_low", "ci_high", "weight", "clips", "dropped"]
@@ -276,7 +277,7 @@ def write_reports(
                 "",
             ]
         )
-    with atomic_open(out / "scores.json", "w") as f:
+    with atomic_open(out / SCORES_JSON, "w") as f:
         json.dump(_json_safe(summary), f, indent=2)
     for result in results:
         rows = result.get("rows", [])
@@ -292,10 +293,6 @@ def write_reports(
                         [row["key"], row["prompt"], row["prediction"], reference, *extra]
                     )
     return summary
-
-
-def predictions_file(task: str) -> str:
-    return f"predictions_{task}.csv"
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
@@ -326,7 +323,7 @@ def _bounds(interval: Sequence[float] | None) -> list[str]:
     return [_fmt(float(v)) for v in interval] if interval else ["", ""]
 
 
-SKIPPED_FILE = "skipped.tsv"
+SKIPPED_FILE = SKIPPED
 
 
 def write_skipped(
@@ -372,7 +369,7 @@ def load_run_scores(run_dir: str | Path) -> dict[str, Any]:
     existed falls back to the run name (``<encoder>__<task>``), and ``from_folder`` says so.
     """
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "scores.json").read_text())
+    summary = json.loads((run_dir / SCORES_JSON).read_text())
     if not isinstance(summary, dict) or not isinstance(summary.get("tasks"), list):
         raise ValueError("it has no list of `tasks`")
     info = summary.get("run")
@@ -403,9 +400,9 @@ def score_files(paths: Sequence[str | Path]) -> list[Path]:
     files: dict[Path, Path] = {}
     for path in map(Path, paths):
         found = (
-            [path / "scores.json"]
-            if (path / "scores.json").is_file()
-            else sorted(path.rglob("scores.json"))
+            [path / SCORES_JSON]
+            if (path / SCORES_JSON).is_file()
+            else sorted(path.rglob(SCORES_JSON))
         )
         for file in found:
             files.setdefault(file.resolve(), file)

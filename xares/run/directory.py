@@ -25,11 +25,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from xares.atomic import write_text
+from xares.layout import CLAIM, RESULTS
 
 log = logging.getLogger(__name__)
 
-CLAIM = ".xares_run.json"
-RESULT_PATTERNS = ("scores.json", "scores.tsv", "predictions_*.csv", "checkpoints/*.ckpt")
+RESULT_PATTERNS = RESULTS
 
 
 class RunDirError(RuntimeError):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
+from xares.layout import CHECKPOINT_SUFFIX, CHECKPOINTS
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
 from xares.results import diagnosis, scores
@@ -176,8 +177,8 @@ def model_run_dir(ckpt_path: str | Path | None, out: Path) -> Path:
     if ckpt_path is None:
         return out
     path = Path(ckpt_path).resolve()
-    folder = path.parent if path.is_file() or path.suffix == ".ckpt" else path
-    return folder.parent if folder.name == "checkpoints" else folder
+    folder = path.parent if path.is_file() or path.suffix == CHECKPOINT_SUFFIX else path
+    return folder.parent if folder.name == CHECKPOINTS else folder
 
 
 def reuse_scored_sets(

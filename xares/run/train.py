@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from xares.data.task_spec import TaskSpec
+from xares.layout import CHECKPOINTS, LAST_CHECKPOINT
 from xares.results.intervals import IntervalSettings
 from xares.results.scores import overall_score
 from xares.run import metadata
@@ -58,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if fit:
                 callbacks = (cfg.get("callbacks") or {}).values()
                 dirs = {str(c.dirpath) for c in callbacks if c is not None and c.get("dirpath")}
-                for directory in sorted({str(out / "checkpoints"), *dirs}):
+                for directory in sorted({str(out / CHECKPOINTS), *dirs}):
                     check_writable(directory)
             pl.seed_everything(int(cfg.seed), workers=True)
             prepare_task(cfg)
@@ -74,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
                     if not trainer.fast_dev_run:
                         # Every rank must call save_checkpoint (it is collective); rank 0 writes.
-                        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+                        trainer.save_checkpoint(out / CHECKPOINTS / LAST_CHECKPOINT)
                 except OSError as error:
                     # A full disk at the last checkpoint must not cost the evaluation: the
                     # trained model is in memory. Score it, print the table, then fail.

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from xares.data.samples import undecodable_formats
 from xares.data.shards import MissingShardError, resolve_shards
 from xares.data.task_spec import TaskConfigError, TaskSpec
+from xares.layout import predictions_file
 from xares.metrics import build_metric
 from xares.results.intervals import IntervalSettings
 
@@ -158,7 +159,7 @@ def _name_problems(names: Any) -> list[str]:
         fixed = "".join("_" if c in bad else c for c in name)
         problems.append(
             f"task.eval.{name!r}: a test set's name is part of the files a run writes "
-            f"(predictions_{name}.csv) and of its metric keys, and these characters cannot be "
+            f"({predictions_file(name)}) and of its metric keys, and these characters cannot be "
             f"in a file name: {shown}; rename the set, e.g. to {fixed!r}"
         )
     return problems

@@ -33,6 +33,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from xares.layout import CHECKPOINT_GLOB, CHECKPOINTS, LAST_CHECKPOINT
 from xares.training.module import AudioLLMModule
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def _newest_first(paths: Iterable[Path]) -> list[Path]:
     # At equal times last.ckpt wins: ModelCheckpoint writes it next to the step file.
     return sorted(
-        set(paths), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True
+        set(paths), key=lambda p: (p.stat().st_mtime, p.name == LAST_CHECKPOINT), reverse=True
     )
 
 
@@ -309,7 +310,10 @@ def resolve_checkpoint(
         return None
     if value == "last":
         runs = Path(cfg.paths.log_dir) / str(cfg.run_name)
-        found = [*runs.glob("*/checkpoints/*.ckpt"), *runs.glob("*/*.ckpt")]
+        found = [
+            *runs.glob(f"*/{CHECKPOINTS}/{CHECKPOINT_GLOB}"),
+            *runs.glob(f"*/{CHECKPOINT_GLOB}"),
+        ]
         if here is not None:
             found = [p for p in found if Path(here).resolve() not in p.resolve().parents]
         if not found:
@@ -320,9 +324,9 @@ def resolve_checkpoint(
         return _first_readable(_newest_first(found), "ckpt_path=last")
     path = Path(value).expanduser()
     if path.is_dir():
-        found = [*path.glob("checkpoints/*.ckpt"), *path.glob("*.ckpt")]
+        found = [*path.glob(f"{CHECKPOINTS}/{CHECKPOINT_GLOB}"), *path.glob(CHECKPOINT_GLOB)]
         if not found:
-            raise FileNotFoundError(f"no checkpoint (*.ckpt) in run directory {path}")
+            raise FileNotFoundError(f"no checkpoint ({CHECKPOINT_GLOB}) in run directory {path}")
         return _first_readable(_newest_first(found), f"run directory {path}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -36,11 +36,12 @@ import torch
 from xares.atomic import atomic_open
 from xares.data.task_spec import test_set_id
 from xares.fingerprint import fingerprint
+from xares.layout import EVAL_PARTS
 from xares.run.metadata import git_state
 
 log = logging.getLogger(__name__)
 
-FOLDER = "eval_parts"
+FOLDER = EVAL_PARTS
 VERSION = 1
 # The data settings that change which clips are read or how they are encoded.
 DATA_KEYS = ("eval_limit", "eval_max_seconds", "sample_rate")

@@ -29,6 +29,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from xares.layout import LAST_CHECKPOINT
+
 log = logging.getLogger(__name__)
 
 EXIT_STATUS = 128 + signal.SIGTERM
@@ -153,7 +155,7 @@ class CheckpointOnTerminate(pl.Callback):
                 "stopped inside a training step: %s keeps its last regular checkpoint", self.dirpath
             )
             return
-        path = self.dirpath / "last.ckpt"
+        path = self.dirpath / LAST_CHECKPOINT
         trainer.save_checkpoint(path)
         log.warning(
             "stopped by SIGTERM at step %d; resume with ckpt_path=%s", trainer.global_step, path
