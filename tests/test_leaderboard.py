@@ -15,13 +15,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 import yaml
+from helpers.config import ROOT
 from markupsafe import escape
 
 from xares import plots, report
 from xares.leaderboard import ChallengeScoring, build, challenge_results, published_baselines
 from xares.report import collect
 
-ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "conf" / "task"
 # Encoder label -> (how good it is, encoder parameters, train seconds); the custom one is a
 # file, as `encoder=custom encoder.path=...` records it.

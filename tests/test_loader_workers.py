@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST
+from helpers.config import FAST
 
 from xares.data.smoke import ensure_smoke_suite
 from xares.train import train

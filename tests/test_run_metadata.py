@@ -6,10 +6,9 @@ import json
 import re
 import sys
 from datetime import datetime
-from pathlib import Path
 
-from conftest import FAST
-from test_efficiency import ENCODER
+from helpers.config import FAST, ROOT
+from helpers.encoders import TINY_CONV_ENCODER
 
 import xares.train
 from xares import run_info
@@ -23,7 +22,7 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
     make_cfg, tmp_path, monkeypatch
 ):
     path = tmp_path / "tiny_encoder.py"
-    path.write_text(ENCODER)
+    path.write_text(TINY_CONV_ENCODER)
     monkeypatch.setenv("WANDB_MODE", "offline")
     seen = {}
     finish = xares.train.finish_wandb

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import FAST, ROOT
+from helpers.config import FAST, ROOT
 
 from xares.evaluate import evaluate
 from xares.train import train
