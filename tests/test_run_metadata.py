@@ -132,11 +132,11 @@ def test_git_state_is_absent_outside_a_checkout(tmp_path):
     assert state is not None and isinstance(state["dirty"], bool)
 
 
-def test_the_readme_documents_the_run_block_as_it_is():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_docs_describe_the_run_block_as_it_is():
+    page = (ROOT / "docs" / "leaderboard.md").read_text()
     rows = {
         line.split("|")[1].strip(): line
-        for line in readme.splitlines()
+        for line in page.splitlines()
         if line.startswith("| `") and line.count("|") == 3
     }
     hashed = rows["`config_hash`"]

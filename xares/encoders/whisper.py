@@ -15,7 +15,7 @@ embeddings and masks padded frames out of attention, so a batch of 2 s clips cos
 clips cost, not 30 s. Each clip is computed as if it were followed by silence and its
 features do not depend on the rest of the batch, but they are not the full-window ones: the
 clip's frames no longer attend to the silent positions, and the mel frame after the clip is
-zero rather than silence. The README gives the measured deviation.
+zero rather than silence. docs/fidelity.md gives the measured deviation.
 """
 
 from __future__ import annotations
