@@ -90,6 +90,9 @@ lint: install ## ruff check + format check (CI runs this too)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+typecheck: install ## mypy over xares/ (settings in pyproject.toml; CI runs this too)
+	$(VENV)/bin/mypy
+
 docs: install ## Build the documentation site into site/ (strict: a broken link or missing page fails)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
@@ -101,7 +104,7 @@ format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove caches and run outputs (keeps .venv and xares_data)
-	rm -rf outputs multirun site .pytest_cache .ruff_cache wandb lightning_logs
+	rm -rf outputs multirun site .pytest_cache .ruff_cache .mypy_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report bench bench-speed lint docs docs-serve format clean
+.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report bench bench-speed lint typecheck docs docs-serve format clean

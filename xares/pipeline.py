@@ -76,7 +76,7 @@ def prepare_task(cfg: DictConfig) -> None:
 
 def build_datamodule(cfg: DictConfig, task: TaskSpec | None = None) -> TaskDataModule:
     return TaskDataModule(
-        task=task or OmegaConf.to_container(cfg.task, resolve=True),
+        task=task or OmegaConf.to_container(cfg.task, resolve=True),  # type: ignore[arg-type]
         seed=int(cfg.seed),
         data_dir=str(cfg.paths.data_dir),
         cuda_eval_batch_size=(cfg.get("speed") or {}).get("eval_batch_size"),
@@ -97,7 +97,7 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
         eval_sets=datamodule.eval_specs,
         # The chosen option names travel with the checkpoint, so a re-scored run is still
         # labelled by the encoder it was trained with.
-        config={**OmegaConf.to_container(cfg, resolve=True), "choices": run_info.choices(cfg)},
+        config={**OmegaConf.to_container(cfg, resolve=True), "choices": run_info.choices(cfg)},  # type: ignore[dict-item]
     )
 
 
@@ -261,7 +261,7 @@ def evaluate_and_report(
     # Training steps skipped for a non-finite loss, of the model scored here.
     summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
     # A debug run that reads only some test batches leaves sets unread on purpose.
-    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
+    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)  # type: ignore[attr-defined]
     summary["comparability"] = verdict(
         module.config,
         training=module.training_record,

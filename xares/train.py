@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 ckpt_path = resolved[0] if resolved else None
                 try:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-                    if not trainer.fast_dev_run:
+                    if not trainer.fast_dev_run:  # type: ignore[attr-defined]
                         # Every rank must call save_checkpoint (it is collective); rank 0 writes.
                         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
                 except OSError as error:

@@ -258,7 +258,7 @@ class AudioLLMModule(pl.LightningModule):
         self._dropped = defaultdict(Counter)
         self._skipped_clips = defaultdict(list)
         self._finished = Counter()
-        self._scored: dict[str, dict[str, Any]] = {}
+        self._scored = {}
         self.results = []
         loaders = self.trainer.test_dataloaders if self._trainer is not None else None
         loader = loaders[0] if isinstance(loaders, list) and loaders else loaders
