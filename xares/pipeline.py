@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import call, instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from xares import report, run_info
@@ -23,6 +24,7 @@ from xares.models.build import build_model
 from xares.protocol.comparability import verdict
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
+from xares.training.console import StepProgressBar, quiet_console
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import log_final_scores
 from xares.training.module import AudioLLMModule, phase_record
@@ -111,6 +113,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             log.info("callback %s skipped: it needs a logger (logger=none)", name)
             continue
         callbacks.append(instantiate(spec))
+    quiet_console()
+    bar_wanted = cfg.trainer.get("enable_progress_bar", True)
+    if bar_wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar())
     plugins = list(instantiate(cfg.trainer.get("plugins")) or [])
     trainer = instantiate(
         cfg.trainer,

@@ -73,7 +73,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
                     if not trainer.fast_dev_run:  # type: ignore[attr-defined]
                         # Every rank must call save_checkpoint (it is collective); rank 0 writes.
-                        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+                        # The full state (optimizer, loops), as Lightning's own default says.
+                        trainer.save_checkpoint(
+                            out / "checkpoints" / "last.ckpt", weights_only=False
+                        )
                 except OSError as error:
                     # A full disk at the last checkpoint must not cost the evaluation: the
                     # trained model is in memory. Score it, print the table, then fail.
