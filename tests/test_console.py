@@ -49,7 +49,7 @@ class Seen(pl.Callback):
         self.shown.append((task.description.strip(), task.completed, task.total))
 
 
-def fit(max_steps: int, tmp_path, ckpt_path=None) -> list:
+def fit(max_steps: int, tmp_path, ckpt_path=None, accumulate: int = 1) -> list:
     bar = StepProgressBar()
     seen = Seen(bar)
     trainer = pl.Trainer(
@@ -61,6 +61,7 @@ def fit(max_steps: int, tmp_path, ckpt_path=None) -> list:
         enable_model_summary=False,
         default_root_dir=tmp_path,
         accelerator="cpu",
+        accumulate_grad_batches=accumulate,
     )
     trainer.fit(Tiny(), ckpt_path=ckpt_path)
     if ckpt_path is None:
@@ -73,6 +74,11 @@ def test_the_endless_stream_trains_in_steps_out_of_max_steps(tmp_path):
     assert shown == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
     # A resumed run counts on from the step it reached, out of the same budget.
     assert fit(5, tmp_path, ckpt_path=tmp_path / "last.ckpt") == [("train", 4, 5), ("train", 5, 5)]
+
+
+def test_accumulated_batches_count_as_the_steps_they_make(tmp_path):
+    shown = fit(2, tmp_path, accumulate=2)
+    assert shown == [("train", 0, 2), ("train", 1, 2), ("train", 1, 2), ("train", 2, 2)]
 
 
 def test_runs_get_the_step_bar_unless_the_bar_is_off_or_their_own(make_cfg):
