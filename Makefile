@@ -16,7 +16,7 @@ UV := $(UV_DIR)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 # The interpreter is $(PYTHON); uv never downloads one.
 export UV_PYTHON_DOWNLOADS := never
-UV_EXTRAS := --extra dev --extra offline --extra cluster $(foreach e,$(EXTRAS),--extra $(e))
+UV_EXTRAS := --extra dev --extra docs --extra offline --extra cluster $(foreach e,$(EXTRAS),--extra $(e))
 
 ENCODER ?= mel
 TASK ?= mini
@@ -96,12 +96,21 @@ lint: install ## ruff check + format check (CI runs this too)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+typecheck: install ## mypy over xares/ (settings in pyproject.toml; CI runs this too)
+	$(VENV)/bin/mypy
+
+docs: install ## Build the documentation site into site/ (strict: a broken link or missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install ## Serve the documentation at http://127.0.0.1:8000, rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean: ## Remove caches and run outputs (keeps .venv and xares_data)
-	rm -rf outputs multirun .pytest_cache .ruff_cache wandb lightning_logs
+	rm -rf outputs multirun site .pytest_cache .ruff_cache .mypy_cache wandb lightning_logs
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
 
-.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report compare bench bench-speed lint format clean
+.PHONY: help install check-lock lock upgrade test test-full demo data train sweep report compare bench bench-speed lint typecheck docs docs-serve format clean

@@ -52,7 +52,7 @@ ensure_mini_suite('$XARES_DATA_HOME/mini', workers=16, progress=False)"
   done
   # 3b. The protocol's numerics (fp32 weights and matmuls, what challenge tasks get by default)
   # against the fast ones (bf16 decoder + TF32, speed=turbo), same seed: loss curves in
-  # metrics.csv, scores in scores.tsv, for the README's side-by-side.
+  # metrics.csv, scores in scores.tsv, for the side-by-side in docs/speed.md.
   if [ "${NUMERICS:-1}" = 1 ]; then
     for numerics in protocol fast; do
       timeout 150 python3 train.py "${common[@]}" speed.numerics=$numerics trainer.max_steps=100 \

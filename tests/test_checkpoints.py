@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST, compose_config
-from small_disk import small_disk
+from helpers.config import FAST, compose_config
+from helpers.small_disk import small_disk
 
 from xares.run.evaluate import evaluate, evaluation_config
 from xares.run.train import train

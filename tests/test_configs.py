@@ -10,6 +10,7 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.config import CONF
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method, instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -22,7 +23,6 @@ from xares.metrics import METRICS
 from xares.training.callbacks import Efficiency
 from xares.training.termination import CheckpointOnTerminate
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 # Groups that train.yaml selects from; `task` has its own test below (it needs a decoder choice).
 GROUPS = [
     "encoder",

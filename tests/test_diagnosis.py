@@ -7,7 +7,7 @@ import json
 import matplotlib
 import numpy as np
 import pytest
-from conftest import needs_chromium, screenshot
+from helpers.browser import needs_chromium, screenshot
 
 from xares.metrics.classification import Accuracy, mAP
 from xares.results import cli, diagnosis, run_page, scores

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAST
+from helpers.config import FAST
+from helpers.encoders import HOP, TINY_CONV_ENCODER
 from hydra.utils import instantiate
 
 from xares.results import scores
@@ -16,37 +16,11 @@ from xares.run.evaluate import evaluate
 from xares.run.train import train
 from xares.training.callbacks import Efficiency
 
-HOP = 640  # 25 frames per second of 16 kHz audio
-
-# An encoder with real weights, so the parameter count is not trivially zero.
-ENCODER = textwrap.dedent(
-    f"""
-    import torch
-    from torch import nn
-
-
-    class TinyConvEncoder(nn.Module):
-        def __init__(self, dim: int = 16, hop: int = {HOP}):
-            super().__init__()
-            self.output_dim = dim
-            self.hop = hop
-            self.conv = nn.Conv1d(1, dim, kernel_size=hop, stride=hop)
-
-        def forward(self, audio, audio_attention_mask=None):
-            pad = (-audio.shape[-1]) % self.hop
-            features = self.conv(nn.functional.pad(audio, (0, pad)).unsqueeze(1)).transpose(1, 2)
-            lengths = audio_attention_mask.long().sum(-1)
-            frames = (lengths + self.hop - 1) // self.hop
-            positions = torch.arange(features.shape[1], device=audio.device)
-            return features, (positions[None] < frames[:, None]).long()
-    """
-)
-
 
 @pytest.fixture
 def encoder_args(tmp_path):
     path = tmp_path / "tiny_encoder.py"
-    path.write_text(ENCODER)
+    path.write_text(TINY_CONV_ENCODER)
     return ["encoder=custom", f"encoder.path={path}"]
 
 

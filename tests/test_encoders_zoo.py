@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_WHISPER
+from helpers.models import TINY_WHISPER
 from hydra.utils import get_method, instantiate
 from transformers import (
     HubertConfig,

@@ -9,13 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers.config import ROOT
 from packaging.requirements import Requirement
 
 from xares import _environment as env
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-ROOT = Path(__file__).resolve().parents[1]
 # What torchaudio 2.11.1 beside torch 2.11.0 raised on import, verbatim but for the path.
 UNDEFINED_SYMBOL = (
     "Could not load this library: /venv/lib/python3.11/site-packages/torchaudio/lib/"

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 
 from xares.models.audio_llm import AudioLLM
 from xares.run.evaluate import evaluate

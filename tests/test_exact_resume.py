@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import FAST
+from helpers.config import FAST
 
 from xares.run.train import train
 from xares.training.module import AudioLLMModule

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import FAST
-from small_disk import small_disk
+from helpers.config import FAST
+from helpers.small_disk import small_disk
 
 from xares.encoders import cache as cache_module
 from xares.encoders.cache import FeatureCache, batch_variation, clip_id, encoder_fingerprint

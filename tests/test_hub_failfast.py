@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import FAST
+from helpers.config import FAST
 from huggingface_hub import constants as hf_constants
 
 import xares.data.download as download

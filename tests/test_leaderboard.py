@@ -12,7 +12,8 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import yaml
-from conftest import needs_chromium, screenshot
+from helpers.browser import needs_chromium, screenshot
+from helpers.config import ROOT
 from markupsafe import escape
 
 from xares.results import cli, plots, scores
@@ -24,7 +25,6 @@ from xares.results.leaderboard import (
 )
 from xares.results.scores import collect
 
-ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "conf" / "task"
 # Encoder label -> (how good it is, encoder parameters, train seconds); the custom one is a
 # file, as `encoder=custom encoder.path=...` records it.
@@ -275,11 +275,11 @@ def test_no_efficiency_skips_the_cost_plot_and_says_why(tmp_path, caplog):
     assert "score_vs_cost.png not written" in (out / "leaderboard.html").read_text()
 
 
-def test_published_baselines_match_the_readme():
-    """One data file holds the baselines; the README quotes the same numbers."""
+def test_published_baselines_match_the_docs():
+    """One data file holds the baselines; the protocol page quotes the same numbers."""
     data = published_baselines()
     assert "XARES-LLM" in data["source"]
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "protocol.md").read_text()
     for name, published in data["encoders"].items():
         tasks = published["tasks"]
         order = [
@@ -292,7 +292,7 @@ def test_published_baselines_match_the_readme():
         row = f"| {name} | {published['tracks']['task1']:.3f} | " + " / ".join(
             f"{tasks[t]:.3f}" for t in order
         )
-        assert row in readme
+        assert row in page
 
 
 @needs_chromium

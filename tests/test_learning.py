@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST
+from helpers.config import FAST
 from omegaconf import open_dict
 
 from xares.run.train import train

@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST
+from helpers.config import FAST
 
 from xares.run.train import train
 from xares.suites.smoke import ensure_smoke_suite

@@ -3,45 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers.models import LORA, TINY, build, padded, tiny_decoder
 from torch import nn
 
-from xares.encoders.mel import MelEncoder
 from xares.models import llm
 from xares.models.audio_llm import IGNORE_INDEX, AudioLLM
 from xares.models.build import build_model
 from xares.models.projector import LinearProjector, MLPProjector, StackProjector
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
-TINY = OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "tiny_random.yaml").decoder.config)
-LORA = OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "protocol.yaml"))
 SAMPLE_RATE = 16000
-
-
-def tiny_decoder():
-    return llm.from_config(TINY, tokenizer="bytes", seed=0)
-
-
-def build(encoder: nn.Module | None = None, lora=LORA) -> AudioLLM:
-    encoder = encoder or MelEncoder()
-    decoder, tokenizer = tiny_decoder()
-    projector = LinearProjector(encoder.output_dim, decoder.config.hidden_size)
-    return AudioLLM(encoder, projector, decoder, tokenizer, lora=lora)
-
-
-def padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    total = max(c.shape[0] for c in clips)
-    audio = torch.zeros(len(clips), total)
-    mask = torch.zeros(len(clips), total, dtype=torch.long)
-    for row, clip in enumerate(clips):
-        audio[row, : clip.shape[0]] = clip
-        mask[row, : clip.shape[0]] = 1
-    return audio, mask
 
 
 class LearnedFrontEnd(nn.Module):

@@ -22,14 +22,13 @@ predicted scores its prevalence, a column with no positive scores 0.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+import yaml
+from helpers.config import ROOT
 
 from xares.metrics import DATE, FENSE, build_metric
 from xares.metrics.caption import MECAT_REQUIREMENT
-
-ROOT = Path(__file__).resolve().parent.parent
 
 CASES = [
     # --- Accuracy: metrics.py, Accuracy.__call__ (preprocess_string + accuracy_score) ------
@@ -107,8 +106,15 @@ def test_metric_matches_the_reference(metric, args, predictions, references, exp
     assert build_metric(metric, args)(predictions, references) == pytest.approx(expected, abs=1e-9)
 
 
-def test_enough_parity_cases():
-    assert len(CASES) + len(MECAT_CASES) >= 25
+def test_every_challenge_metric_has_parity_cases():
+    """Each metric a challenge test set is scored with has hand-computed cases here."""
+    protocol = yaml.safe_load(
+        (ROOT / "xares" / "protocol" / "xares_llm_protocol.yaml").read_text(encoding="utf-8")
+    )
+    used = set(re.findall(r"'metric': '(\w+)'", repr(protocol)))
+    assert used >= {"Accuracy", "mAP", "iWER", "iCER", "FENSE", "DATE"}
+    covered = {case[0] for case in CASES} | {case[0].__name__ for case in MECAT_CASES}
+    assert sorted(used - covered) == []
 
 
 # --- FENSE / DATE: metrics.py, FENSE and DATE via mecat.evaluate ----------------------------

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers.config import CONF, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,8 +24,6 @@ from xares.metrics import METRICS, build_metric
 from xares.training import datamodule as datamodule_module
 from xares.training.datamodule import TaskDataModule
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
 PROTOCOL = yaml.safe_load(
     (ROOT / "xares" / "protocol" / "xares_llm_protocol.yaml").read_text(encoding="utf-8")
 )

@@ -13,7 +13,7 @@ import sys
 import tarfile
 
 import pytest
-from conftest import FAST, ROOT
+from helpers.config import FAST, ROOT
 
 from xares.run.directory import CLAIM, RunDirError
 from xares.run.pipeline import IncompleteEvaluationError, ReportWriteError
@@ -189,7 +189,7 @@ def fill(disk):
 
 
 def test_a_full_disk_leaves_no_half_written_score_file(make_cfg, tmp_path, capsys, monkeypatch):
-    from small_disk import small_disk
+    from helpers.small_disk import small_disk
 
     from xares.results import scores
 

@@ -6,10 +6,9 @@ import json
 import re
 import sys
 from datetime import datetime
-from pathlib import Path
 
-from conftest import FAST
-from test_efficiency import ENCODER
+from helpers.config import FAST, ROOT
+from helpers.encoders import TINY_CONV_ENCODER
 
 import xares.run.train
 from xares.results.leaderboard import build
@@ -23,7 +22,7 @@ def test_a_custom_run_records_what_it_was_and_logs_its_table_to_wandb(
     make_cfg, tmp_path, monkeypatch
 ):
     path = tmp_path / "tiny_encoder.py"
-    path.write_text(ENCODER)
+    path.write_text(TINY_CONV_ENCODER)
     monkeypatch.setenv("WANDB_MODE", "offline")
     seen = {}
     finish = xares.run.train.finish_wandb
@@ -133,11 +132,11 @@ def test_git_state_is_absent_outside_a_checkout(tmp_path):
     assert state is not None and isinstance(state["dirty"], bool)
 
 
-def test_the_readme_documents_the_run_block_as_it_is():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_docs_describe_the_run_block_as_it_is():
+    page = (ROOT / "docs" / "leaderboard.md").read_text()
     rows = {
         line.split("|")[1].strip(): line
-        for line in readme.splitlines()
+        for line in page.splitlines()
         if line.startswith("| `") and line.count("|") == 3
     }
     hashed = rows["`config_hash`"]

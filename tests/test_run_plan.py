@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST, ROOT
+from helpers.config import FAST, ROOT
 from omegaconf import open_dict
 
 from xares.data.shards import MissingShardError

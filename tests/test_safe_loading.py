@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import FAST, ROOT, compose_config
+from helpers.config import FAST, ROOT, compose_config
 from lightning.pytorch.demos.boring_classes import BoringModel
 from omegaconf import OmegaConf
 

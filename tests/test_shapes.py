@@ -154,7 +154,7 @@ def test_eager_cpu_runs_plan_nothing():
 
 @pytest.mark.slow
 def test_mini_suite_compiled_run_stays_within_the_printed_set(make_cfg, tmp_path, monkeypatch):
-    from conftest import FAST
+    from helpers.config import FAST
     from omegaconf import open_dict
 
     from xares.models.audio_llm import AudioLLM

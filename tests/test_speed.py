@@ -7,11 +7,11 @@ import pickle
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from test_model import LORA, build, padded
+from helpers.config import ROOT
+from helpers.models import LORA, build, padded
 
 from xares.data.collate import collate
 from xares.data.samples import Example
@@ -20,7 +20,6 @@ from xares.models import speed as speed_module
 from xares.models.speed import Compiled, Speed
 from xares.models.text import TextEncoder
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["Name it.", "Q?", "Say more about it."]
 TARGETS = ["low", "top high", "a b c d"]
 

@@ -8,12 +8,11 @@ by hand, or a table changed without regenerating, fails here.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers.config import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "protocol" / "make_task_files.py"
 
 

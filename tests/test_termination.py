@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import FAST, ROOT
+from helpers.config import FAST, ROOT
 
 # Slow or hanging on purpose; writes how often it has been called, so the test knows when
 # training has started (call 1 is the contract check).

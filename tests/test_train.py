@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import FAST, ROOT
+from helpers.config import FAST, ROOT
 
 from xares.run.evaluate import evaluate
 from xares.run.train import train

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_WHISPER
+from helpers.models import TINY_WHISPER
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from xares.encoders.whisper import WhisperEncoder

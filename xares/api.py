@@ -227,7 +227,7 @@ def _own_hydra_state() -> Iterator[None]:
     finally:
         for cls in HYDRA_SINGLETONS:
             Singleton._instances.pop(cls, None)
-        Singleton._instances.update(saved)
+        Singleton._instances.update(saved)  # type: ignore[arg-type]
 
 
 def _run(
@@ -330,7 +330,7 @@ def _hint(override: str, cfg: DictConfig) -> str:
     if not isinstance(node, DictConfig) or leaf in node:
         return ""
     where = f"'{parent}'" if parent else "the top level"
-    keys = "".join(f"\n\t{k}" for k in node if k != "hydra")
+    keys = "".join(f"\n\t{k!s}" for k in node if k != "hydra")
     return f"\nAvailable keys in {where}:{keys}"
 
 

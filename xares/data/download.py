@@ -342,7 +342,7 @@ def download_file(url: str, dest: str | Path, *, progress: bool = True) -> Path:
                 try:
                     http_get(
                         url,
-                        tmp,
+                        tmp,  # type: ignore[arg-type]
                         headers=headers,
                         displayed_filename=dest.name,
                         tqdm_class=None if progress else _QuietTqdm,

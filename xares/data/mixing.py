@@ -250,9 +250,9 @@ class TrainMixture(IterableDataset):
                     elif given > 0:
                         given -= 1  # trained on before the resume: drawn, not collated
                     else:
-                        batch = collate(batch, text=self.text, digest=self.digest)
-                        batch["skipped_clips"] = newly_skipped()
-                        yield batch
+                        collated = collate(batch, text=self.text, digest=self.digest)
+                        collated["skipped_clips"] = newly_skipped()
+                        yield collated
                 buffer = carry
 
 

@@ -131,7 +131,7 @@ def load_task_file(path: str | Path) -> Any:
             parts.append(load_task_file(sibling))
         else:
             log.warning("%s: defaults entry %r not found next to it; skipped", path, name)
-    own = OmegaConf.masked_copy(config, [k for k in config if k != "defaults"])
+    own = OmegaConf.masked_copy(config, [str(k) for k in config if k != "defaults"])  # type: ignore[arg-type]
     return OmegaConf.merge(*parts, own)
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def wav_shortfall(data: bytes) -> tuple[int, int] | None:
     """
     if len(data) < 12 or data[8:12] != b"WAVE" or data[:4] not in (b"RIFF", b"RIFX", b"RF64"):
         return None
-    order = "big" if data[:4] == b"RIFX" else "little"
+    order: Literal["big", "little"] = "big" if data[:4] == b"RIFX" else "little"
     wide = None  # RF64 keeps the real data size in its ds64 chunk
     pos = 12
     while pos + 8 <= len(data):

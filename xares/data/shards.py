@@ -152,7 +152,7 @@ def expand_pattern(pattern: str) -> list[str]:
     """
     try:
         return list(braceexpand.braceexpand(pattern))
-    except braceexpand.UnbalancedBracesError as err:
+    except braceexpand.UnbalancedBracesError as err:  # type: ignore[attr-defined]
         raise ValueError(
             f"shard pattern {pattern!r} has unbalanced braces; close every '{{' "
             "(e.g. 'shard_{000..009}.tar'), or write a brace that is part of a file "
@@ -339,7 +339,7 @@ def _plan_hub_glob(remote: _Remote, may_fetch: bool) -> list[_Planned]:
     if listed is not None:
         found = [_find(name, remote.places) for name in listed]
         if all(found):
-            return found
+            return found  # type: ignore[return-value]  # all are paths
         if may_fetch:
             return [remote]  # listed again: the repository may have changed since
         return [
@@ -357,7 +357,7 @@ def _plan_hub_glob(remote: _Remote, may_fetch: bool) -> list[_Planned]:
         return [dataclasses.replace(remote, on_disk=tuple(on_disk))]
     if on_disk:
         _warn_unchecked(remote, on_disk, "the hub may not be asked (offline)")
-        return on_disk
+        return list[Path | _Remote | MissingShard](on_disk)
     return [remote]
 
 

@@ -225,9 +225,9 @@ class TransformerEncoder(nn.Module):
         if cfg.relative_position_embedding:
             # One table for all layers; registering it under every layer keeps the checkpoints'
             # per-layer key names (they were saved the same way).
-            shared = self.layers[0].self_attn.relative_attention_bias
+            shared = self.layers[0].self_attn.relative_attention_bias  # type: ignore[union-attr]
             for layer in self.layers[1:]:
-                layer.self_attn.relative_attention_bias = shared
+                layer.self_attn.relative_attention_bias = shared  # type: ignore[union-attr]
         self.relative = cfg.relative_position_embedding
         self.layer_norm_first = cfg.layer_norm_first
         self.layer_norm = nn.LayerNorm(dim)
@@ -238,7 +238,11 @@ class TransformerEncoder(nn.Module):
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        bias = self.layers[0].self_attn.position_bias(x.shape[1]) if self.relative else None
+        bias = (
+            self.layers[0].self_attn.position_bias(x.shape[1])  # type: ignore[union-attr, operator]
+            if self.relative
+            else None
+        )
         for layer in self.layers:
             x = layer(x, key_mask, bias)
         if self.layer_norm_first:

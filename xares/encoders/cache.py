@@ -86,7 +86,7 @@ def clip_id(samples: torch.Tensor) -> str:
     data = samples.detach().contiguous()
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"{data.dtype}:{data.numel()}:".encode())
-    digest.update(memoryview(data.view(torch.uint8).numpy()))
+    digest.update(memoryview(data.view(torch.uint8).numpy()))  # type: ignore[arg-type]
     return digest.hexdigest()
 
 
@@ -107,7 +107,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if tensor.is_meta:
         raise ValueError("cannot fingerprint an encoder whose weights are on the meta device")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def features_checksum(features: torch.Tensor) -> str:
@@ -140,6 +140,7 @@ def encoder_fingerprint(
         "sample_rate": int(sample_rate),
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
+    tensors: list[tuple[str, str, torch.Tensor]]
     tensors = [("parameter", name, t) for name, t in encoder.named_parameters()]
     tensors += [("buffer", name, t) for name, t in encoder.named_buffers()]
     for kind, name, tensor in sorted(tensors, key=lambda item: (item[0], item[1])):

@@ -75,7 +75,7 @@ def normalise_output(
     if isinstance(output, torch.Tensor):
         features, mask = output, None
     else:
-        features, mask = output  # shape already validated by check_encoder
+        features, mask = output  # type: ignore[misc]  # shape already validated by check_encoder
     batch, frames = features.shape[0], features.shape[1]
     if mask is None:
         return features, frames_from_audio_mask(audio_mask, frames)
@@ -128,7 +128,7 @@ def check_encoder(
     try:
         params = inspect.signature(encoder.forward).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        params = []
+        params = ()  # type: ignore[assignment]
     positional = [
         p
         for p in params

@@ -188,6 +188,8 @@ class AudioTransformer(nn.Module):
 
 
 class DashengEncoder(nn.Module):
+    mel_fbanks: torch.Tensor
+    window: torch.Tensor
     """Dasheng features for xares: 25 frames per second, ``embed_dim`` wide (768 for base)."""
 
     def __init__(

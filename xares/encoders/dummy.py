@@ -9,6 +9,7 @@ from xares.encoders.contract import mask_from_lengths
 
 
 class DummyEncoder(nn.Module):
+    table: torch.Tensor
     """Fixed pseudo-random frames that depend only on the clip length, never on its content.
 
     Training on top of it measures what the decoder learns from the prompts and label priors

@@ -15,10 +15,12 @@ embeddings and masks padded frames out of attention, so a batch of 2 s clips cos
 clips cost, not 30 s. Each clip is computed as if it were followed by silence and its
 features do not depend on the rest of the batch, but they are not the full-window ones: the
 clip's frames no longer attend to the silent positions, and the mel frame after the clip is
-zero rather than silence. The README gives the measured deviation.
+zero rather than silence. docs/fidelity.md gives the measured deviation.
 """
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,6 +37,8 @@ from xares.encoders.contract import mask_from_lengths
 
 
 class WhisperEncoder(nn.Module):
+    mel_filters: torch.Tensor
+    window: torch.Tensor
     """Whisper encoder features: 50 frames per second, ``d_model`` wide (512 for whisper-base)."""
 
     def __init__(
@@ -48,9 +52,12 @@ class WhisperEncoder(nn.Module):
         from transformers import WhisperFeatureExtractor, WhisperModel
 
         # The padding mask below is additive, which every attention kernel accepts.
-        options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        model, info = WhisperModel.from_pretrained(
-            name_or_path, output_loading_info=True, **options
+        options: dict[str, Any] = {}
+        if attn_implementation:
+            options["attn_implementation"] = attn_implementation
+        model, info = cast(
+            tuple[Any, dict[str, Any]],
+            WhisperModel.from_pretrained(name_or_path, output_loading_info=True, **options),
         )
         check_loading_info(info, name_or_path, prefix="encoder.")
         self.encoder = model.get_encoder()

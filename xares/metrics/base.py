@@ -30,7 +30,7 @@ class PairStatistics:
     combine: Callable[[np.ndarray], np.ndarray]
 
 
-def mean_of(values: np.ndarray) -> PairStatistics:
+def mean_of(values: Any) -> PairStatistics:
     """The statistics of a score that is the mean of one value per pair."""
     values = np.asarray(values, dtype=np.float64)
     rows = np.stack([values, np.ones_like(values)], axis=1)

@@ -54,6 +54,9 @@ class AudioLLM(nn.Module):
     The encoder is owned here: frozen, always in eval mode, run without gradients.
     """
 
+    # A transformers causal LM, or the peft model wrapping it: its methods are duck-typed.
+    decoder: Any
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -102,7 +105,7 @@ class AudioLLM(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k in names}
 
     # ------------------------------------------------------------------ speed
-    def _parts(self) -> tuple[nn.Module, nn.Module | None]:
+    def _parts(self) -> tuple[Any, Any]:
         """The causal-LM model and its transformer body (``None`` if it exposes none)."""
         base = (
             self.decoder.get_base_model()
@@ -246,7 +249,7 @@ class AudioLLM(nn.Module):
         shapes = self.speed.shapes
         if shapes is None or not isinstance(self._loss, Compiled):
             return 0.0
-        embed = self.embed_tokens.weight
+        embed: torch.Tensor = self.embed_tokens.weight  # type: ignore[assignment]
         hidden, device = embed.shape[1], embed.device
         started = time.perf_counter()
         devices = [device] if device.type == "cuda" else []

@@ -52,7 +52,9 @@ def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
         check_encoder(encoder, sample_rate=int(cfg.data.sample_rate))
     decoder, tokenizer = instantiate(cfg.llm.decoder, _convert_="all")
     embeddings = decoder.get_input_embeddings()
-    sizes = dict(in_dim=int(encoder.output_dim), out_dim=int(embeddings.embedding_dim))
+    sizes: dict[str, int | float] = dict(
+        in_dim=int(encoder.output_dim), out_dim=int(embeddings.embedding_dim)
+    )
     if cfg.projector.get("init_std") == "embedding":
         # Measured here because it belongs to the decoder, which the config cannot see.
         sizes["init_std"] = float(embeddings.weight.detach().float().std())

@@ -83,7 +83,7 @@ def from_config(
     # Seeded locally so building the model never disturbs the run's global random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(LlamaConfig(**settings)).to(_dtype(dtype))
+        model = LlamaForCausalLM(LlamaConfig(**settings)).to(_dtype(dtype))  # type: ignore[arg-type]
     return _ensure_pad(model, tok)
 
 
@@ -154,7 +154,7 @@ def from_gguf(
         if getattr(model, attribute, None) is not None:
             setattr(model, attribute, None)
     if getattr(model, "is_quantized", False):
-        model.is_quantized = False
+        model.is_quantized = False  # type: ignore[assignment]
     model, tokenizer = _ensure_pad(model, tokenizer)
     if cached is not None:
         tmp = cached.with_name(cached.name + ".tmp")

@@ -153,7 +153,7 @@ class Speed:
         compiled = cuda if self.compile == "auto" else bool(self.compile)
         # Fixed lengths only pay when a compiled graph can be reused; eager runs pad least.
         self.shaped = compiled and bool(self.buckets)
-        if self.shaped and self.buckets != "auto":
+        if self.shaped and not isinstance(self.buckets, str):
             slots = self.slot_buckets or _powers_of_two(self.text_multiple, max(self.buckets))
             self.shapes = ShapeSet.product(self.buckets, slots)
         if compiled:
@@ -204,7 +204,7 @@ class Speed:
         if self.buckets == "auto":
             # Nothing planned (an evaluation alone draws no training lengths): powers of two.
             return 1 << max(length - 1, 0).bit_length()
-        if not self.buckets:
+        if not self.buckets or isinstance(self.buckets, str):
             return length
         index = bisect.bisect_left(self.buckets, length)
         if index < len(self.buckets):
@@ -227,7 +227,7 @@ class Speed:
                     mode=mode if self.compile_backend == "inductor" else None,
                     dynamic=False,
                 )
-                config._compile_all_devices = True
+                config._compile_all_devices = True  # type: ignore[assignment]
                 settings["compile_config"] = config
         return settings
 

@@ -214,7 +214,10 @@ def compare(
     (``not_compared`` lists the others)."""
     paired = check_pairable(a, b, strict=strict)
     rng = np.random.default_rng(seed)
-    sets, boot, perm, observed = [], {}, {}, {}
+    sets: list[dict[str, Any]] = []
+    boot: dict[str, np.ndarray] = {}
+    perm: dict[str, np.ndarray] = {}
+    observed: dict[str, tuple[float, float]] = {}
     weights = {n: float(a.tasks[n]["weight"]) for n in paired}
     for name in paired:
         sa, sb = _aligned(a, b, name)
@@ -253,7 +256,7 @@ def compare(
     if len(groups) < 2:
         groups = {}
     groups["overall"] = list(paired)
-    means = []
+    means: list[dict[str, Any]] = []
     for label, members in groups.items():
         members = [m for m in members if weights.get(m, 0) > 0]
         if not members:

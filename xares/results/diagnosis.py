@@ -121,7 +121,9 @@ def confusion_matrix(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], np.n
 def _accuracy(rows: Sequence[Mapping[str, Any]], top: int) -> dict[str, Any]:
     pairs = answer_pairs(rows)
     labels = sorted({ref for ref, _ in pairs})
-    support, correct, answered = Counter(), Counter(), Counter()
+    support: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
     for (ref, answer), n in pairs.items():
         support[ref] += n
         answered[answer] += n
@@ -158,7 +160,7 @@ def _map(rows: Sequence[Mapping[str, Any]], metric: mAP, top: int) -> dict[str, 
     seen = len(classes)
     hits = (y_true * y_pred)[:, :seen]
     label_set = set(classes)
-    confusions = Counter()
+    confusions: Counter[tuple[str, str]] = Counter()
     for prediction, reference in zip(predictions, references):
         given = {label for label in metric.labels(prediction) if normalise_text(label)}
         wanted = set(metric.labels(reference))
@@ -168,9 +170,9 @@ def _map(rows: Sequence[Mapping[str, Any]], metric: mAP, top: int) -> dict[str, 
     words = [normalise_text(c) for c in classes]
     answers = []
     for row in rows:
-        given = metric.labels(row["prediction"])
-        valid = all(label in label_set for label in given)
-        pieces = [normalise_text(label) for label in given]
+        labels = metric.labels(row["prediction"])
+        valid = all(label in label_set for label in labels)
+        pieces = [normalise_text(label) for label in labels]
         answers.append((_kind(pieces, valid, words), str(row["prediction"] or "")))
     return {
         "metric": "mAP",
@@ -205,6 +207,7 @@ def diagnose(
     if metric == "Accuracy":
         return _accuracy(rows, top)
     scorer = build_metric(metric, metric_args)
+    assert isinstance(scorer, mAP), f"{metric} is no mAP"
     return _map(rows, scorer, top) | {"metric_args": dict(metric_args or {})}
 
 

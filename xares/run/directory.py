@@ -95,7 +95,7 @@ def claim_run_dir(path: str | Path, continuing: bool = False) -> None:
     """
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
         return  # DDP ranks > 0 share rank 0's folder
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

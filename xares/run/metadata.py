@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,7 +77,9 @@ def _relative_paths(value: Any, paths: list[tuple[str, str]]) -> Any:
 
 def _resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        return cast(
+            dict[str, Any], OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        )
     return dict(cfg)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import call, instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from xares.data.task_spec import TaskSpec
@@ -27,6 +28,7 @@ from xares.results.run_page import write_run_page
 from xares.run import metadata
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
+from xares.training.console import StepProgressBar, quiet_console
 from xares.training.datamodule import TaskDataModule
 from xares.training.loggers import log_final_scores
 from xares.training.module import AudioLLMModule, phase_record
@@ -80,7 +82,7 @@ def prepare_task(cfg: DictConfig) -> None:
 
 def build_datamodule(cfg: DictConfig, task: TaskSpec | None = None) -> TaskDataModule:
     return TaskDataModule(
-        task=task or OmegaConf.to_container(cfg.task, resolve=True),
+        task=task or OmegaConf.to_container(cfg.task, resolve=True),  # type: ignore[arg-type]
         seed=int(cfg.seed),
         data_dir=str(cfg.paths.data_dir),
         cuda_eval_batch_size=(cfg.get("speed") or {}).get("eval_batch_size"),
@@ -101,7 +103,7 @@ def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
         eval_sets=datamodule.eval_specs,
         # The chosen option names travel with the checkpoint, so a re-scored run is still
         # labelled by the encoder it was trained with.
-        config={**OmegaConf.to_container(cfg, resolve=True), "choices": metadata.choices(cfg)},
+        config={**OmegaConf.to_container(cfg, resolve=True), "choices": metadata.choices(cfg)},  # type: ignore[dict-item]
     )
 
 
@@ -115,6 +117,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             log.info("callback %s skipped: it needs a logger (logger=none)", name)
             continue
         callbacks.append(instantiate(spec))
+    quiet_console()
+    bar_wanted = cfg.trainer.get("enable_progress_bar", True)
+    if bar_wanted and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar())
     plugins = list(instantiate(cfg.trainer.get("plugins")) or [])
     trainer = instantiate(
         cfg.trainer,
@@ -267,7 +273,7 @@ def evaluate_and_report(
     # Training steps skipped for a non-finite loss, of the model scored here.
     summary["skipped_steps"] = int((module.training_record or {}).get("skipped_steps") or 0)
     # A debug run that reads only some test batches leaves sets unread on purpose.
-    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)
+    cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)  # type: ignore[attr-defined]
     summary["comparability"] = verdict(
         module.config,
         training=module.training_record,

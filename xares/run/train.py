@@ -73,9 +73,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 ckpt_path = resolved[0] if resolved else None
                 try:
                     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-                    if not trainer.fast_dev_run:
+                    if not trainer.fast_dev_run:  # type: ignore[attr-defined]
                         # Every rank must call save_checkpoint (it is collective); rank 0 writes.
-                        trainer.save_checkpoint(out / CHECKPOINTS / LAST_CHECKPOINT)
+                        # The full state (optimizer, loops), as Lightning's own default says.
+                        trainer.save_checkpoint(
+                            out / CHECKPOINTS / LAST_CHECKPOINT, weights_only=False
+                        )
                 except OSError as error:
                     # A full disk at the last checkpoint must not cost the evaluation: the
                     # trained model is in memory. Score it, print the table, then fail.

@@ -78,11 +78,11 @@ class Efficiency(pl.Callback):
     @classmethod
     def of(cls, trainer: pl.Trainer) -> Efficiency:
         """The trainer's meter; one is added when the config has none (``xares.run.evaluate``)."""
-        for callback in trainer.callbacks:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, cls):
                 return callback
         meter = cls()
-        trainer.callbacks.append(meter)
+        trainer.callbacks.append(meter)  # type: ignore[attr-defined]
         return meter
 
     def _cuda(self) -> bool:

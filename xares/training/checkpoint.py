@@ -137,7 +137,7 @@ class _Digest:
             flat = flat.to_dense()
         flat = flat.to("cpu").contiguous().reshape(-1)
         self._tag(b"T", f"{tensor.dtype}:{tuple(tensor.shape)}")
-        self.sha.update(memoryview(flat.view(torch.uint8).numpy()))
+        self.sha.update(memoryview(flat.view(torch.uint8).numpy()))  # type: ignore[arg-type]
         self.tensor_bytes += flat.numel() * flat.element_size()
 
     def hexdigest(self) -> str:
@@ -368,7 +368,7 @@ def check_compatible(
     """Refuse a checkpoint trained with another encoder, projector or decoder (unless ``allow``)."""
     now = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     saved = checkpoint["xares_config"]
-    differences = model_differences(saved, now)
+    differences = model_differences(saved, now)  # type: ignore[arg-type]
     if not differences:
         return
     listed = "\n  ".join(differences[:12])
@@ -587,7 +587,7 @@ def _to_plain(value: Any, where: str = "") -> Any:
     if isinstance(value, _LEAVES):  # a subclass of str, int, float: its plain value
         for base in _LEAVES:
             if isinstance(value, base):
-                return base(value)
+                return base(value)  # type: ignore[call-arg, arg-type]
     raise CheckpointError(
         f"{where or 'the checkpoint'} holds a {_type_name(type(value))}, which has no plain-data "
         "form; remove that entry from the checkpoint (torch.load it, delete the key, torch.save "

@@ -215,7 +215,7 @@ class AudioLLMModule(pl.LightningModule):
         for _ in range(self.skipped_steps):
             self._one_more_step()
         if self.model.speed.warm:
-            rows = getattr(self.trainer.datamodule, "batch_size", None) or 1
+            rows = getattr(self.trainer.datamodule, "batch_size", None) or 1  # type: ignore[attr-defined]
             seconds = self.model.warm_up(rows, progress=self.trainer.is_global_zero)
             log.info(
                 "compiled the training step for %d shape(s) in %.1f s",
@@ -289,7 +289,7 @@ class AudioLLMModule(pl.LightningModule):
         self._dropped = defaultdict(Counter)
         self._skipped_clips = defaultdict(list)
         self._finished = Counter()
-        self._scored: dict[str, dict[str, Any]] = {}
+        self._scored = {}
         self.results = []
         loaders = self.trainer.test_dataloaders if self._trainer is not None else None
         loader = loaders[0] if isinstance(loaders, list) and loaders else loaders

@@ -156,7 +156,7 @@ class CheckpointOnTerminate(pl.Callback):
             )
             return
         path = self.dirpath / LAST_CHECKPOINT
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
         log.warning(
             "stopped by SIGTERM at step %d; resume with ckpt_path=%s", trainer.global_step, path
         )

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from xares.metrics import TokenF1, iWER
+from xares.metrics.base import Metric
 
 from . import sounds
 from .speech import SAMPLE_RATE, Voice, synthesize
@@ -579,6 +580,7 @@ def estimate_text_chance(task: str, trials: int = 4000, seed: int = 0) -> float:
     """
     rng = np.random.default_rng(seed)
     total = 0.0
+    metric: Metric
     if task == "transcription":
         metric = iWER()
         for _ in range(trials):

@@ -142,7 +142,7 @@ def _write_shards(plans: list[_ShardPlan], workers: int, progress: bool) -> None
                     bar.update(1)
     finally:
         bar.close()
-        results.close()
+        results.close()  # type: ignore[attr-defined]  # a generator
 
 
 # --------------------------------------------------------------------------- manifest
