@@ -298,7 +298,10 @@ def test_corrupted_cache_files_leave_a_runs_score_unchanged(make_cfg, tmp_path, 
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     for path, original in zip(damaged, originals):
         assert f"{path} is corrupt" in warned
-        assert torch.equal(torch.load(path, weights_only=True)["features"], original)
+        # Encoded again, in another batch than the first time: equal up to float rounding
+        # (the padding of a batch moves the last bits), not the flipped bytes' garbage.
+        rewritten = torch.load(path, weights_only=True)["features"]
+        assert torch.allclose(rewritten, original, rtol=1e-5, atol=1e-5)
     assert second["overall"] == first["overall"]
 
 
