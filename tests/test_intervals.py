@@ -84,6 +84,9 @@ def test_each_replicate_is_the_metric_recomputed_on_its_resample():
         rows = rows_of(preds, refs)
         rows[0]["references"] = [refs[0], refs[1]]  # a clip with two references, drawn whole
         stats = set_statistics("t", metric, rows)
+        p_all = [r["prediction"] for r in rows for _ in r["references"]]
+        r_all = [ref for row in rows for ref in row["references"]]
+        assert stats.score() == pytest.approx(metric(p_all, r_all), abs=1e-12), name
         draws = np.random.default_rng(7)
         fast = replicate_scores([stats], 12, np.random.default_rng(7))[0]
         counts = next(resample_counts(len(rows), 12, draws))

@@ -171,7 +171,8 @@ def permuted_differences(
     """B − A of each permutation, in which every clip swaps its two answers with probability
     ½: a swapped clip counts A's answer for B and B's for A."""
     delta = sb.values - sa.values
-    total_a, total_b = _dense(sa.values.sum(axis=0)), _dense(sb.values.sum(axis=0))
+    total_a = _dense(sa.values.sum(axis=0)).ravel()
+    total_b = _dense(sb.values.sum(axis=0)).ravel()
     step = max(1, min(permutations, CHUNK_DRAWS // max(sa.clips, 1)))
     parts = []
     for start in range(0, permutations, step):

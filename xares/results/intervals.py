@@ -75,7 +75,7 @@ class SetStatistics:
         return len(self.keys)
 
     def score(self) -> float:
-        return float(self.combine(_dense(self.values.sum(axis=0))))
+        return float(self.combine(_dense(self.values.sum(axis=0)).ravel()))
 
     def combine_counts(self, counts: np.ndarray) -> np.ndarray:
         """The score of each replicate: ``counts`` (replicates × clips) says how often each
