@@ -204,7 +204,7 @@ def test_the_run_page_of_an_older_run_is_made_from_its_predictions(run_dir):
     assert "computed from predictions_eval_pets.csv" in html
     assert "no diagnosis and no predictions_eval_many.csv" in html
     assert html.count('src="data:image/png;base64,') == 2
-    rows = run_page.read_rows(run_dir / "predictions_eval_pets.csv")
+    rows = scores.read_predictions(run_dir / "predictions_eval_pets.csv")
     assert diagnosis.diagnose(rows, "Accuracy") == diagnosis.diagnose(ACCURACY_ROWS, "Accuracy")
 
 

@@ -9,7 +9,6 @@ The page is made from the run directory's files alone (``scores.json`` and the
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ from xares.layout import RUN_PAGE, SCORES_JSON, predictions_file
 from xares.protocol.comparability import AGAINST
 from xares.results.diagnosis import confusion_matrix, diagnose
 from xares.results.leaderboard import ASSETS
-from xares.results.scores import _fmt, format_efficiency, score_files
+from xares.results.scores import _fmt, format_efficiency, read_predictions, score_files
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +34,6 @@ PAGE = RUN_PAGE
 MAX_PICTURE_CLASSES = 50
 # Cell counts are written in the matrix up to this many classes.
 MAX_ANNOTATED_CLASSES = 20
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``predictions_<task>.csv`` (one line per reference) back as one row per
-    clip with its list of references, in the file's order."""
-    rows: dict[str, dict[str, Any]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for line in csv.DictReader(f):
-            row = rows.setdefault(
-                line["key"],
-                {
-                    "key": line["key"],
-                    "prompt": line["prompt"],
-                    "prediction": line["prediction"],
-                    "references": [],
-                },
-            )
-            row["references"].append(line["reference"])
-    return list(rows.values())
 
 
 def _png(fig: Any) -> str:
@@ -178,7 +158,7 @@ def _set_section(run_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
     or computed from its predictions file) and its picture."""
     name, metric = entry["task"], entry["metric"]
     path = run_dir / predictions_file(name)
-    rows = read_rows(path) if path.is_file() else None
+    rows = read_predictions(path) if path.is_file() else None
     block = entry.get("diagnosis")
     notes = []
     if block is None and rows:

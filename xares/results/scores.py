@@ -299,7 +299,7 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a predictions file, one per clip (its references together, in file order),
     as the evaluation keeps them: key, prompt, prediction, references (and pair_scores)."""
     rows: dict[str, dict[str, Any]] = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         kept = "pair_score" in (reader.fieldnames or [])
         for line in reader:
