@@ -68,13 +68,13 @@ def build_whisper_base(folder: Path) -> torch.nn.Module:
     )
     WhisperModel(config).save_pretrained(folder)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
-    return WhisperEncoder(str(folder))
+    return WhisperEncoder(str(folder), sample_rate=SAMPLE_RATE)
 
 
 def build_dasheng_base(folder: Path) -> torch.nn.Module:
     from xares.encoders.dasheng import PRESETS, DashengEncoder
 
-    return DashengEncoder(dict(PRESETS["dasheng-base"]))
+    return DashengEncoder(dict(PRESETS["dasheng-base"]), sample_rate=SAMPLE_RATE)
 
 
 BUILDERS = {"whisper_base": build_whisper_base, "dasheng": build_dasheng_base}
@@ -112,7 +112,7 @@ def bench_encoder(name: str, args, work: Path) -> dict:
             return normalise_output(encoder(audio, mask), mask)
 
     started = time.perf_counter()
-    fingerprint = encoder_fingerprint(encoder, {"encoder": name}, SAMPLE_RATE)
+    fingerprint = encoder_fingerprint(encoder, {"encoder": name}, sample_rate=SAMPLE_RATE)
     fingerprint_s = time.perf_counter() - started
 
     batches = make_batches(args.batches, args.batch_size, args.seconds)

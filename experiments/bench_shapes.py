@@ -91,6 +91,7 @@ def compose_cfg(overrides: list[str], out: Path):
 
 def build(args, task: str, extra: list[str]):
     from xares.run.pipeline import build_datamodule, build_module
+    from xares.run.plan import plan_run
 
     overrides = [
         f"task={task}",
@@ -110,8 +111,9 @@ def build(args, task: str, extra: list[str]):
         *args.override,
     ]
     cfg = compose_cfg(overrides, args.work / task)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
+    plan = plan_run(cfg)
+    datamodule = build_datamodule(plan)
+    module = build_module(plan, datamodule)
     module.model.to(args.device)
     module.model.configure_speed(args.device)
     return cfg, datamodule, module.model

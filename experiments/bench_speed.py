@@ -47,6 +47,7 @@ from xares.data.lengths import lengths_of  # noqa: E402
 from xares.data.samples import Example  # noqa: E402
 from xares.encoders.cache import clip_id  # noqa: E402
 from xares.models.build import build_model  # noqa: E402
+from xares.run.plan import model_spec  # noqa: E402
 from xares.training.module import build_optimizer  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,7 +132,7 @@ def build(args, setting: str, device: torch.device):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides + list(args.override))
     torch.manual_seed(0)
-    model = build_model(cfg, check=False).to(device)
+    model = build_model(model_spec(cfg), check=False).to(device)
     model.configure_speed(device)
     if model.speed.shaped:
         # speed.buckets=auto: the compiled shapes from this benchmark's own batches.

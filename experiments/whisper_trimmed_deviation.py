@@ -61,8 +61,8 @@ def main() -> None:
     for seed in range(args.seeds):
         with tempfile.TemporaryDirectory() as path:
             tiny_whisper(path, seed)
-            full = WhisperEncoder(path, full_window=True)
-            trimmed = WhisperEncoder(path, full_window=False)
+            full = WhisperEncoder(path, full_window=True, sample_rate=SR)
+            trimmed = WhisperEncoder(path, full_window=False, sample_rate=SR)
             extractor = WhisperFeatureExtractor.from_pretrained(path)
             reference = WhisperModel.from_pretrained(path).get_encoder().eval()
             for seconds in LENGTHS:

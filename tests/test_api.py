@@ -212,7 +212,7 @@ def test_train_twice_in_one_process(tmp_path, monkeypatch, data_home):
 
 
 def test_a_config_composed_by_hand_without_a_run_directory_is_refused(tmp_path, monkeypatch):
-    from xares.run.pipeline import NoRunDirectoryError
+    from xares.run.plan import NoRunDirectoryError
     from xares.run.train import train as train_from_config
 
     monkeypatch.chdir(tmp_path)

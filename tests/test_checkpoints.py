@@ -17,6 +17,7 @@ from helpers.config import FAST, compose_config
 from helpers.small_disk import small_disk
 
 from xares.run.evaluate import evaluate, evaluation_config
+from xares.run.plan import RunLayout
 from xares.run.train import train
 from xares.training import checkpoint as checkpoint_module
 from xares.training.checkpoint import (
@@ -72,18 +73,18 @@ def test_last_and_run_directories_fall_back_to_the_newest_readable(trained, make
     now = time.time()
     os.utime(old / "last.ckpt", (now - 60, now - 60))
     cfg = make_cfg(*QUICK, f"paths.log_dir={tmp_path}")
-    path, checkpoint = resolve_checkpoint("last", cfg)
+    path, checkpoint = resolve_checkpoint("last", RunLayout.of(cfg).runs_dir)
     assert path == str(old / "last.ckpt") and checkpoint["global_step"] == 3
 
     # Inside one run directory: a step checkpoint when last.ckpt is broken.
     shutil.copy(old / "last.ckpt", broken / "step3.ckpt")
     os.utime(broken / "step3.ckpt", (now - 30, now - 30))
-    path, _ = resolve_checkpoint(str(runs / "new"), cfg)
+    path, _ = resolve_checkpoint(str(runs / "new"), None)
     assert path == str(broken / "step3.ckpt")
 
     (broken / "step3.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="none of the 2 checkpoint"):
-        resolve_checkpoint(str(runs / "new"), cfg)
+        resolve_checkpoint(str(runs / "new"), None)
 
 
 def test_evaluating_with_another_encoder_is_refused(trained, make_cfg, no_weights):
@@ -264,16 +265,15 @@ def test_a_corrupt_checkpoint_is_named_and_never_used(trained, make_cfg, tmp_pat
     shutil.copy(flipped, run / "last.ckpt")
     now = time.time()
     os.utime(run / "step3.ckpt", (now - 60, now - 60))
-    cfg = make_cfg(*QUICK)
     with caplog.at_level(logging.WARNING, logger=checkpoint_module.__name__):
-        path, checkpoint = resolve_checkpoint(str(tmp_path / "run"), cfg)
+        path, checkpoint = resolve_checkpoint(str(tmp_path / "run"), None)
     assert path == str(run / "step3.ckpt") and checkpoint["global_step"] == 3
     assert f"{run / 'last.ckpt'} is corrupt" in caplog.text
     (run / "step3.ckpt").unlink()
     with pytest.raises(
         CheckpointError, match=f"(?s)none of the 1 checkpoint.*{run / 'last.ckpt'} is corrupt"
     ):
-        resolve_checkpoint(str(tmp_path / "run"), cfg)
+        resolve_checkpoint(str(tmp_path / "run"), None)
 
 
 def test_a_checkpoint_without_a_checksum_is_used_with_a_note(trained, tmp_path, caplog):

@@ -10,7 +10,7 @@ import hydra
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.config import CONF
+from helpers.config import CONF, SAMPLE_RATE
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_method, instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -102,7 +102,7 @@ def check_encoder_option(option, cfg, tmp_path):
         inspect.signature(factory).bind(**params)
         return
     encoder = instantiate(cfg.encoder)
-    assert check_encoder(encoder) == {"mel": 1280, "dummy": 64}[option]
+    assert check_encoder(encoder, sample_rate=SAMPLE_RATE) == {"mel": 1280, "dummy": 64}[option]
 
 
 def check_projector_option(option, cfg, tmp_path):

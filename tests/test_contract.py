@@ -9,6 +9,7 @@ import textwrap
 import hydra
 import pytest
 import torch
+from helpers.config import SAMPLE_RATE
 from torch import nn
 
 from xares.encoders.contract import EncoderContractError, check_encoder, normalise_output
@@ -83,14 +84,17 @@ class Base(nn.Module):
 
 
 def test_checker_accepts_the_bundled_and_a_user_encoder(tmp_path):
-    mel = MelEncoder()
+    mel = MelEncoder(sample_rate=SAMPLE_RATE)
     mel.train()
-    assert check_encoder(mel) == 320
+    assert check_encoder(mel, sample_rate=SAMPLE_RATE) == 320
     assert mel.training  # the checker restores the mode it found
-    assert check_encoder(DummyEncoder(output_dim=24)) == 24
-    assert check_encoder(Base()) == 16
+    assert (
+        check_encoder(DummyEncoder(output_dim=24, sample_rate=SAMPLE_RATE), sample_rate=SAMPLE_RATE)
+        == 24
+    )
+    assert check_encoder(Base(), sample_rate=SAMPLE_RATE) == 16
     user = load_encoder(str(write_encoder(tmp_path)), {"dim": 12})
-    assert check_encoder(user) == 12
+    assert check_encoder(user, sample_rate=SAMPLE_RATE) == 12
 
 
 # ---------------------------------------------------------------------------- checker: fails
@@ -174,7 +178,7 @@ class Raises(Base):
 )
 def test_checker_names_the_problem(encoder_class, problem):
     with pytest.raises(EncoderContractError) as info:
-        check_encoder(encoder_class())
+        check_encoder(encoder_class(), sample_rate=SAMPLE_RATE)
     assert problem in info.value.problem
     message = str(info.value)
     assert message.startswith(f"encoder {encoder_class.__qualname__}: ")
@@ -183,7 +187,7 @@ def test_checker_names_the_problem(encoder_class, problem):
 
 def test_checker_reports_the_encoders_own_exception_as_cause():
     with pytest.raises(EncoderContractError) as info:
-        check_encoder(Raises())
+        check_encoder(Raises(), sample_rate=SAMPLE_RATE)
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
@@ -197,7 +201,7 @@ class PassesAudioMask(Base):
 
 def test_mask_length_mismatch_warns_at_check_time(caplog):
     with caplog.at_level(logging.WARNING, logger=CONTRACT_LOGGER):
-        assert check_encoder(PassesAudioMask()) == 16
+        assert check_encoder(PassesAudioMask(), sample_rate=SAMPLE_RATE) == 16
     warnings = [r for r in caplog.records if r.name == CONTRACT_LOGGER]
     assert len(warnings) == 1
     assert "feature_mask length 16000" in warnings[0].getMessage()
@@ -317,7 +321,7 @@ def test_custom_encoder_through_hydra(make_cfg, tmp_path):
     encoder = hydra.utils.instantiate(cfg.encoder)
     assert type(encoder).__name__ == "MyEncoder"
     assert encoder.output_dim == 24
-    assert check_encoder(encoder) == 24
+    assert check_encoder(encoder, sample_rate=SAMPLE_RATE) == 24
 
     named = make_cfg("encoder=custom", f"encoder.path={path}:MyEncoder", "+encoder.kwargs={dim:7}")
     assert hydra.utils.instantiate(named.encoder).output_dim == 7

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from helpers.config import eval_set, train_mixture
 
 import xares.data.mixing as mixing
 from xares.data.collate import collate, length_buckets
-from xares.data.mixing import DatasetSource, EvalSet, TrainMixture
+from xares.data.mixing import DatasetSource
 from xares.data.samples import (
     AudioDecodeError,
     Example,
@@ -78,16 +79,16 @@ def make_dataset(
 def test_decode_flac_and_wav_bytes():
     t = np.arange(SR // 2) / SR
     wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    flac = decode_audio(encode(wave, fmt="FLAC"))
+    flac = decode_audio(encode(wave, fmt="FLAC"), sample_rate=SR)
     assert flac.dtype == torch.float32 and flac.shape == (SR // 2,)
     assert torch.allclose(flac, torch.from_numpy(wave), atol=1 / 2**14)  # 16-bit PCM
-    wav = decode_audio(encode(wave, fmt="WAV", subtype="FLOAT"), extension="wav")
+    wav = decode_audio(encode(wave, fmt="WAV", subtype="FLOAT"), extension="wav", sample_rate=SR)
     assert torch.equal(wav, torch.from_numpy(wave))
 
 
 def test_stereo_becomes_the_channel_mean():
     stereo = np.stack([noise(0.2, 1), noise(0.2, 2)], axis=1)
-    mono = decode_audio(encode(stereo, fmt="WAV", subtype="FLOAT"))
+    mono = decode_audio(encode(stereo, fmt="WAV", subtype="FLOAT"), sample_rate=SR)
     assert mono.shape == (stereo.shape[0],)
     assert torch.allclose(mono, torch.from_numpy(stereo.mean(1)), atol=1e-6)
 
@@ -96,7 +97,7 @@ def test_8khz_is_resampled_to_16khz():
     n = 4000
     t = np.arange(n) / 8000
     wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    out = decode_audio(encode(wave, rate=8000, fmt="WAV", subtype="FLOAT"))
+    out = decode_audio(encode(wave, rate=8000, fmt="WAV", subtype="FLOAT"), sample_rate=SR)
     assert abs(out.shape[0] - 2 * n) <= 1
     spectrum = torch.fft.rfft(out).abs()
     assert abs(int(spectrum.argmax()) * SR / out.shape[0] - 440) < 5  # still a 440 Hz tone
@@ -111,14 +112,14 @@ def test_8khz_is_resampled_to_16khz():
 )
 def test_undecodable_audio_is_an_audio_decode_error(data, message):
     with pytest.raises(AudioDecodeError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        decode_audio(data, extension="flac")
+        decode_audio(data, extension="flac", sample_rate=SR)
 
 
 def test_non_finite_audio_is_an_audio_decode_error():
     wave = noise(0.1, 0)
     wave[10] = np.nan
     with pytest.raises(AudioDecodeError, match="NaN or Inf"):
-        decode_audio(encode(wave, fmt="WAV", subtype="FLOAT"))
+        decode_audio(encode(wave, fmt="WAV", subtype="FLOAT"), sample_rate=SR)
 
 
 # ---------------------------------------------------------------------------- labels
@@ -257,21 +258,21 @@ def test_truncated_wav_is_a_counted_skip(tmp_path, caplog, keep):
     assert f"cut in {shard} (truncated audio" in logged
     assert f"{present} of the {declared} bytes" in logged
     with pytest.raises(AudioDecodeError, match="truncated"):
-        decode_audio(cut, extension="wav")
+        decode_audio(cut, extension="wav", sample_rate=SR)
 
 
 def test_complete_wavs_of_unusual_layouts_are_not_truncated():
     # An odd number of 8-bit samples: the data chunk is followed by a pad byte.
     odd = encode(noise(0.2, 4)[:1601], fmt="WAV", subtype="PCM_U8")
-    assert decode_audio(odd, extension="wav").shape == (1601,)
+    assert decode_audio(odd, extension="wav", sample_rate=SR).shape == (1601,)
     # A WAV written to a pipe cannot go back to fill in its sizes: "unknown" (0xFFFFFFFF).
     whole = encode(noise(0.1, 5), fmt="WAV", subtype="PCM_16")
     at = wav_data_offset(whole) - 4
     streamed = whole[:4] + b"\xff\xff\xff\xff" + whole[8:at] + b"\xff\xff\xff\xff" + whole[at + 4 :]
-    assert decode_audio(streamed, extension="wav").shape == (1600,)
+    assert decode_audio(streamed, extension="wav", sample_rate=SR).shape == (1600,)
     # A chunk after the samples (metadata) is no truncation either.
     tagged = whole + b"LIST" + (4).to_bytes(4, "little") + b"INFO"
-    assert decode_audio(tagged, extension="wav").shape == (1600,)
+    assert decode_audio(tagged, extension="wav", sample_rate=SR).shape == (1600,)
 
 
 # ---------------------------------------------------------------------------- training mixture
@@ -298,7 +299,7 @@ def test_mixture_shares_follow_prob_whatever_the_batch_and_sort_buffer(
     """The clips left over when a sorted buffer is cut into batches are the longest ones:
     dropping them under-trained long-clip datasets (a long share of 0.23 at 5 / 8)."""
     short, long = short_and_long
-    mixture = TrainMixture(
+    mixture = train_mixture(
         [
             DatasetSource("short", short, "label", "P", prob=1.0),
             DatasetSource("long", long, "label", "P", prob=1.0),
@@ -321,7 +322,7 @@ def test_mixture_shares_follow_prob_whatever_the_batch_and_sort_buffer(
 
 def test_mixture_follows_probabilities_in_full_length_sorted_batches(two_datasets):
     dogs, cats = two_datasets
-    mixture = TrainMixture(
+    mixture = train_mixture(
         [
             DatasetSource("dogs", dogs, "label", "Which dog?", prob=3.0),
             DatasetSource("cats", cats, "label", "Which cat?", prob=1.0),
@@ -369,7 +370,7 @@ def test_mixture_splits_training_sets_across_readers(two_datasets, monkeypatch):
     dogs, cats = two_datasets
     seen = []
     for ranks in ((0, 2), (1, 2)):
-        mixture = TrainMixture(
+        mixture = train_mixture(
             [
                 DatasetSource("dogs", dogs, "label", "Which dog?"),
                 DatasetSource("cats", cats, "label", "Which cat?"),
@@ -433,7 +434,7 @@ def test_reader_with_an_empty_part_reads_the_whole_set(tmp_path, monkeypatch, ca
     keys = {}
     for slot in range(4):
         monkeypatch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: (slot, 4))
-        mixture = TrainMixture(
+        mixture = train_mixture(
             [DatasetSource("few", [shard], "label", "P")],
             batch_size=1,
             sort_buffer=1,
@@ -455,7 +456,7 @@ def test_set_without_usable_samples_fails_on_every_reader(tmp_path, monkeypatch)
     shard = write_tar(tmp_path / "bad.tar", sample("x", noise(0.1, 0), {"other": 1}))
     for slot in range(2):
         monkeypatch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: (slot, 2))
-        stream = iter(TrainMixture([DatasetSource("broken", [shard], "label", "P")], batch_size=1))
+        stream = iter(train_mixture([DatasetSource("broken", [shard], "label", "P")], batch_size=1))
         match = rf"training set broken .* 1 shard\(s\), read whole by reader {slot + 1} of 2"
         with pytest.raises(RuntimeError, match=match):
             next(stream)
@@ -468,7 +469,7 @@ def test_mixture_random_crop(tmp_path):
         members += [(f"r{i}.wav", encode(ramp, fmt="WAV", subtype="FLOAT"))]
         members += [(f"r{i}.json", json.dumps({"label": "ramp"}).encode())]
     shard = write_tar(tmp_path / "ramp.tar", members)
-    mixture = TrainMixture(
+    mixture = train_mixture(
         [DatasetSource("ramp", [shard], "label", "P")],
         batch_size=4,
         crop_seconds=0.1,
@@ -492,7 +493,7 @@ def test_caption_lists_become_one_example_per_caption(tmp_path):
     shards = make_dataset(
         tmp_path, "caps", 1, 4, lambda i: {"captions": [f"c{i} one", f"c{i} two", f"c{i} three"]}
     )
-    mixture = TrainMixture(
+    mixture = train_mixture(
         [DatasetSource("caps", shards, "caption;captions", "Caption it.")],
         batch_size=4,
         sort_buffer=12,
@@ -509,14 +510,14 @@ def test_caption_lists_become_one_example_per_caption(tmp_path):
 
 def test_mixture_without_usable_samples_names_the_dataset(tmp_path):
     shard = write_tar(tmp_path / "bad.tar", sample("x", noise(0.1, 0), {"other": 1}))
-    stream = iter(TrainMixture([DatasetSource("broken", [shard], "label", "P")], batch_size=2))
+    stream = iter(train_mixture([DatasetSource("broken", [shard], "label", "P")], batch_size=2))
     with pytest.raises(RuntimeError, match=r"training set broken .*1 missing label.*label_key"):
         next(stream)
 
 
 def test_mixture_rejects_zero_probabilities(tmp_path):
     with pytest.raises(ValueError, match="sum to zero"):
-        TrainMixture([DatasetSource("a", ["x.tar"], "label", "P", prob=0.0)], batch_size=2)
+        train_mixture([DatasetSource("a", ["x.tar"], "label", "P", prob=0.0)], batch_size=2)
 
 
 # ---------------------------------------------------------------------------- eval sets
@@ -532,7 +533,7 @@ def eval_shards(tmp_path_factory):
 
 def read_eval(shards, **kwargs) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = {}
-    dataset = EvalSet(DatasetSource("ev", shards, "label", "P"), **kwargs)
+    dataset = eval_set(DatasetSource("ev", shards, "label", "P"), **kwargs)
     for batch in dataset:
         assert "targets" not in batch
         assert batch["audio"].shape[0] <= kwargs["batch_size"]
@@ -570,7 +571,7 @@ def test_ranks_recorded_in_the_main_process_reach_spawned_workers(eval_shards):
 
     halves = []
     for ranks in ((0, 2), (1, 2)):
-        dataset = EvalSet(DatasetSource("ev", eval_shards, "label", "P"), batch_size=3)
+        dataset = eval_set(DatasetSource("ev", eval_shards, "label", "P"), batch_size=3)
         dataset.ranks = ranks
         loader = DataLoader(
             dataset, batch_size=None, num_workers=1, multiprocessing_context="spawn"

@@ -124,11 +124,14 @@ def test_encoder_hooks_count_audio_frames_and_calls(pass_mask):
     module = SimpleNamespace(
         model=SimpleNamespace(encoder=encoder),
         device=torch.device("cpu"),
-        config={"data": {"sample_rate": 16000}},
+    )
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(sample_rate=16000),
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
     meter = Efficiency()
-    meter.setup(None, module, "test")
-    assert meter.sample_rate == 16000
+    meter.setup(trainer, module, "test")
+    assert meter.sample_rate == 16000  # the rate the loaders read at
     mask = torch.zeros(2, 16000, dtype=torch.long)
     mask[0, :16000] = 1
     mask[1, :8000] = 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.config import SAMPLE_RATE
 from helpers.models import TINY_WHISPER
 from hydra.utils import get_method, instantiate
 from transformers import (
@@ -36,6 +37,7 @@ from xares.encoders.dasheng import DashengEncoder
 from xares.encoders.hf import HFSpeechEncoder
 from xares.encoders.whisper import WhisperEncoder
 from xares.models.build import build_model
+from xares.run.plan import model_spec
 
 SR = 16000
 
@@ -113,11 +115,11 @@ def save_speech(directory: Path, config, model_class) -> str:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("zoo")
-    beats = BEATsEncoder(BEATS_CFG)
+    beats = BEATsEncoder(BEATS_CFG, sample_rate=SAMPLE_RATE)
     fill(beats.beats)
     beats.save_checkpoint(root / "beats.pt")
 
-    dasheng = DashengEncoder(DASHENG_CFG)
+    dasheng = DashengEncoder(DASHENG_CFG, sample_rate=SAMPLE_RATE)
     fill(dasheng)
     dasheng.save_pretrained(root / "dasheng")
 
@@ -220,7 +222,9 @@ def test_config_composes_with_the_public_checkpoint(make_cfg, name, default):
 @pytest.mark.parametrize("name", list(PATH_KEY))
 def test_encoder_loads_masks_and_trains(make_cfg, checkpoints, name):
     cfg = zoo_cfg(make_cfg, checkpoints, name)
-    model = build_model(cfg)  # instantiates through the config and runs the contract checker
+    model = build_model(
+        model_spec(cfg)
+    )  # instantiates through the config and runs the contract checker
     encoder = model.encoder
 
     lengths = [SR, int(0.55 * SR), int(0.3 * SR)]
@@ -268,7 +272,7 @@ DASHENG_REFERENCE = [
 
 def test_beats_matches_the_reference_implementation(checkpoints):
     encoder = BEATsEncoder.from_checkpoint(
-        checkpoints["beats"], freq_pooling="none", chunk_seconds=None
+        checkpoints["beats"], freq_pooling="none", chunk_seconds=None, sample_rate=SAMPLE_RATE
     )
     with torch.no_grad():
         tokens, mask = encoder(noise(1.5), None)
@@ -279,7 +283,7 @@ def test_beats_matches_the_reference_implementation(checkpoints):
 
 
 def test_dasheng_matches_the_reference_implementation(checkpoints):
-    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"])
+    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"], sample_rate=SAMPLE_RATE)
     with torch.no_grad():
         frames, mask = encoder(noise(1.5), None)
     assert frames.shape == (1, 37, 32) and mask.sum() == 37  # 16 + 16 + 5 over three pieces
@@ -291,7 +295,7 @@ def test_dasheng_matches_the_reference_implementation(checkpoints):
 def test_dasheng_front_end_is_the_released_one(checkpoints):
     import torchaudio
 
-    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"])
+    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"], sample_rate=SAMPLE_RATE)
     clip = noise(0.7) * 5  # loud enough for the 120 dB floor to matter nowhere but be computed
     released = torch.nn.Sequential(
         torchaudio.transforms.MelSpectrogram(
@@ -313,7 +317,7 @@ def test_dasheng_front_end_is_the_released_one(checkpoints):
 
 def test_whisper_full_window_is_transformers_whisper(checkpoints):
     path = checkpoints["whisper_base"]
-    encoder = WhisperEncoder(path, full_window=True)
+    encoder = WhisperEncoder(path, full_window=True, sample_rate=SAMPLE_RATE)
     audio, mask = padded_batch([SR, int(0.5 * SR)])
     extractor = WhisperFeatureExtractor.from_pretrained(path)
     reference = WhisperModel.from_pretrained(path).encoder.eval()
@@ -333,19 +337,19 @@ def test_hf_encoder_is_the_automodel_and_picks_layers(checkpoints):
     reference = HubertModel.from_pretrained(path).eval()
     with torch.no_grad():
         out = reference(normalised, output_hidden_states=True)
-        last, _ = HFSpeechEncoder(path)(clip, None)
-        first, _ = HFSpeechEncoder(path, layer=1)(clip, None)
+        last, _ = HFSpeechEncoder(path, sample_rate=SAMPLE_RATE)(clip, None)
+        first, _ = HFSpeechEncoder(path, layer=1, sample_rate=SAMPLE_RATE)(clip, None)
     torch.testing.assert_close(last, out.last_hidden_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(first, out.hidden_states[1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="out of range"):
-        HFSpeechEncoder(path, layer=7)
+        HFSpeechEncoder(path, layer=7, sample_rate=SAMPLE_RATE)
 
 
 # ---------------------------------------------------------------------------- long inputs
 
 
 def test_whisper_encodes_long_clips_in_30_second_windows(checkpoints):
-    encoder = WhisperEncoder(checkpoints["whisper_base"])
+    encoder = WhisperEncoder(checkpoints["whisper_base"], sample_rate=SAMPLE_RATE)
     clip = noise(65)
     with torch.no_grad():
         features, mask = encoder(clip, None)
@@ -356,7 +360,9 @@ def test_whisper_encodes_long_clips_in_30_second_windows(checkpoints):
 
 def test_beats_chunks_on_patch_boundaries(checkpoints):
     # 0.64 s pieces hold exactly 4 time patches (64 fbank frames).
-    encoder = BEATsEncoder.from_checkpoint(checkpoints["beats"], chunk_seconds=0.64)
+    encoder = BEATsEncoder.from_checkpoint(
+        checkpoints["beats"], chunk_seconds=0.64, sample_rate=SAMPLE_RATE
+    )
     clip = noise(1.5)
     with torch.no_grad():
         features, mask = encoder(clip, None)
@@ -370,9 +376,9 @@ def test_hf_chunking_is_optional_and_explicit(checkpoints):
     path = checkpoints["wav2vec2"]
     clip = noise(2.0)
     with torch.no_grad():
-        whole, _ = HFSpeechEncoder(path)(clip, None)
-        pieces, mask = HFSpeechEncoder(path, chunk_seconds=1.0)(clip, None)
-        half, _ = HFSpeechEncoder(path)(clip[:, :SR], None)
+        whole, _ = HFSpeechEncoder(path, sample_rate=SAMPLE_RATE)(clip, None)
+        pieces, mask = HFSpeechEncoder(path, chunk_seconds=1.0, sample_rate=SAMPLE_RATE)(clip, None)
+        half, _ = HFSpeechEncoder(path, sample_rate=SAMPLE_RATE)(clip[:, :SR], None)
     assert whole.shape[1] == hf_frames(2 * SR)
     assert mask.sum() == pieces.shape[1] == 2 * hf_frames(SR)
     torch.testing.assert_close(pieces[:, : half.shape[1]], half, atol=1e-5, rtol=1e-5)
@@ -386,9 +392,9 @@ def test_beats_checkpoint_must_match_by_name(checkpoints, tmp_path):
     del state["model"]["encoder.layers.1.self_attn.grep_a"]
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(RuntimeError, match="grep_a"):
-        BEATsEncoder.from_checkpoint(str(tmp_path / "broken.pt"))
+        BEATsEncoder.from_checkpoint(str(tmp_path / "broken.pt"), sample_rate=SAMPLE_RATE)
     with pytest.raises(FileNotFoundError, match="encoder.checkpoint"):
-        BEATsEncoder.from_checkpoint(str(tmp_path / "absent.pt"))
+        BEATsEncoder.from_checkpoint(str(tmp_path / "absent.pt"), sample_rate=SAMPLE_RATE)
 
 
 def test_beats_checkpoint_url_is_downloaded_once(checkpoints, data_home):
@@ -400,12 +406,14 @@ def test_beats_checkpoint_url_is_downloaded_once(checkpoints, data_home):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/beats.pt?sig=abc"
-        encoder = BEATsEncoder.from_checkpoint(url)
+        encoder = BEATsEncoder.from_checkpoint(url, sample_rate=SAMPLE_RATE)
     finally:
         server.shutdown()
     assert (data_home / "models" / "beats.pt").is_file()
     assert encoder.output_dim == 8 * 32
-    BEATsEncoder.from_checkpoint(url)  # the server is gone: served from the cache
+    BEATsEncoder.from_checkpoint(
+        url, sample_rate=SAMPLE_RATE
+    )  # the server is gone: served from the cache
 
 
 def test_hf_checkpoint_missing_encoder_weights_is_refused(checkpoints, tmp_path):
@@ -420,22 +428,22 @@ def test_hf_checkpoint_missing_encoder_weights_is_refused(checkpoints, tmp_path)
     weights = {k: v for k, v in weights.items() if ".layers.1." not in k}
     save_file(weights, target / "model.safetensors")
     with pytest.raises(RuntimeError, match="missing from the checkpoint"):
-        HFSpeechEncoder(str(target))
+        HFSpeechEncoder(str(target), sample_rate=SAMPLE_RATE)
 
 
 def test_dasheng_directory_without_weights_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"name": "dasheng-base"}')
     with pytest.raises(FileNotFoundError, match="no Dasheng checkpoint"):
-        DashengEncoder.from_pretrained(str(tmp_path))
+        DashengEncoder.from_pretrained(str(tmp_path), sample_rate=SAMPLE_RATE)
 
 
 def test_dasheng_original_checkpoint_loads(checkpoints, tmp_path):
     """The original ``{"model", "config"}`` files: unprefixed keys plus a front end to drop."""
-    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"])
+    encoder = DashengEncoder.from_pretrained(checkpoints["dasheng"], sample_rate=SAMPLE_RATE)
     state = {k.removeprefix("encoder."): v for k, v in encoder.state_dict().items()}
     state["front_end.0.mel_scale.fb"] = torch.zeros(257, 64)
     torch.save({"model": state, "config": {"num_heads": 4, "target_length": 64}}, tmp_path / "d.pt")
-    again = DashengEncoder.from_pretrained(str(tmp_path / "d.pt"))
+    again = DashengEncoder.from_pretrained(str(tmp_path / "d.pt"), sample_rate=SAMPLE_RATE)
     clip = noise(0.5)
     with torch.no_grad():
         torch.testing.assert_close(again(clip, None)[0], encoder(clip, None)[0])

@@ -19,6 +19,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from helpers.config import eval_set
 
 import xares.data.mixing as mixing
 from xares.data.mixing import DatasetSource, EvalSet
@@ -59,10 +60,10 @@ def tone(seconds: float, peak: float = 0.5) -> np.ndarray:
 
 def test_clipped_audio_is_divided_by_its_peak():
     # [0.5, -2.0, 1.0] peaks at 2.0 > 1: divided by 2.
-    out = decode_audio(wav(np.array([0.5, -2.0, 1.0] * 200, dtype=np.float32)))
+    out = decode_audio(wav(np.array([0.5, -2.0, 1.0] * 200, dtype=np.float32)), sample_rate=SR)
     torch.testing.assert_close(out[:3], torch.tensor([0.25, -1.0, 0.5]))
     # A peak of exactly 1.0 is not clipped: left as it is.
-    same = decode_audio(wav(np.array([0.5, -1.0, 0.25] * 200, dtype=np.float32)))
+    same = decode_audio(wav(np.array([0.5, -1.0, 0.25] * 200, dtype=np.float32)), sample_rate=SR)
     torch.testing.assert_close(same[:3], torch.tensor([0.5, -1.0, 0.25]))
 
 
@@ -70,7 +71,9 @@ def test_peak_normalisation_comes_before_resampling():
     # The reference normalises at the file's rate, then resamples to 16 kHz.
     wave = 3.0 * tone(0.5, peak=1.0)[::2].copy()  # 8 kHz, peak 3
     expected = torchaudio.functional.resample(torch.from_numpy(wave / 3.0), 8000, SR)
-    torch.testing.assert_close(decode_audio(wav(wave, 8000)), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        decode_audio(wav(wave, 8000), sample_rate=SR), expected, atol=1e-6, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------- labels
@@ -137,8 +140,8 @@ def read(dataset: EvalSet) -> tuple[dict[str, int], Counter, int]:
 def test_test_clips_are_encoded_whole_unless_a_crop_is_asked_for(tmp_path):
     shard = write_tar(tmp_path / "t.tar", [("long", tone(31.5), {"label": "a"})])
     source = DatasetSource("eval_t", [shard], "label", "P")
-    assert read(EvalSet(source, batch_size=2))[0] == {"long": int(31.5 * SR)}
-    assert read(EvalSet(source, batch_size=2, max_seconds=30))[0] == {"long": 30 * SR}
+    assert read(eval_set(source, batch_size=2))[0] == {"long": int(31.5 * SR)}
+    assert read(eval_set(source, batch_size=2, max_seconds=30))[0] == {"long": 30 * SR}
 
 
 def test_dropped_samples_reach_the_scorer_with_their_reasons(tmp_path):
@@ -156,7 +159,7 @@ def test_dropped_samples_reach_the_scorer_with_their_reasons(tmp_path):
         ],
     )
     lengths, dropped, empty = read(
-        EvalSet(DatasetSource("eval_t", [shard], "label", "P"), batch_size=4)
+        eval_set(DatasetSource("eval_t", [shard], "label", "P"), batch_size=4)
     )
     assert list(lengths) == ["good"]
     assert dropped == Counter({"corrupt label": 2, "no audio": 1, "missing label": 2})
@@ -168,14 +171,16 @@ def test_dropped_samples_reach_the_scorer_with_their_reasons(tmp_path):
         source = DatasetSource("eval_t", [shard], "label", "P")
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(mixing, "_process_slot", lambda ranks=None, slot=slot: slot)
-            _, part, _ = read(EvalSet(source, batch_size=4))
+            _, part, _ = read(eval_set(source, batch_size=4))
         total += part
     assert total == dropped
 
 
 def test_a_reader_with_only_dropped_samples_still_reports_them(tmp_path):
     shard = write_tar(tmp_path / "t.tar", [("g", tone(0.2), {"label": "$$$"})])
-    lengths, dropped, empty = read(EvalSet(DatasetSource("e", [shard], "label", "P"), batch_size=2))
+    lengths, dropped, empty = read(
+        eval_set(DatasetSource("e", [shard], "label", "P"), batch_size=2)
+    )
     # No batch of clips: the end-of-set marker carries the count.
     assert lengths == {} and dropped == Counter({"corrupt label": 1}) and empty == 0
 

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 import torch
-from helpers.config import FAST
+from helpers.config import FAST, SAMPLE_RATE
 from helpers.small_disk import small_disk
 
 from xares.encoders import cache as cache_module
@@ -52,7 +52,7 @@ class Counting:
 
 @pytest.fixture
 def mel():
-    return Counting(MelEncoder(n_mels=16))
+    return Counting(MelEncoder(n_mels=16, sample_rate=SAMPLE_RATE))
 
 
 def valid_rows(features, mask) -> list[torch.Tensor]:
@@ -354,31 +354,46 @@ def test_a_full_disk_costs_only_the_disk_copy(mel, tmp_path, caplog):
 
 
 def test_fingerprint_follows_weights_config_and_class():
-    a, b = DummyEncoder(output_dim=8, seed=1), DummyEncoder(output_dim=8, seed=1)
-    assert encoder_fingerprint(a) == encoder_fingerprint(b)
-    assert encoder_fingerprint(a, {"x": 1, "y": [1, 2]}) == encoder_fingerprint(
-        b, {"y": [1, 2], "x": 1}
+    a, b = (
+        DummyEncoder(output_dim=8, seed=1, sample_rate=SAMPLE_RATE),
+        DummyEncoder(output_dim=8, seed=1, sample_rate=SAMPLE_RATE),
     )
-    assert encoder_fingerprint(a, {"x": 1}) != encoder_fingerprint(a, {"x": 2})
+    assert encoder_fingerprint(a, sample_rate=SAMPLE_RATE) == encoder_fingerprint(
+        b, sample_rate=SAMPLE_RATE
+    )
+    assert encoder_fingerprint(
+        a, {"x": 1, "y": [1, 2]}, sample_rate=SAMPLE_RATE
+    ) == encoder_fingerprint(b, {"y": [1, 2], "x": 1}, sample_rate=SAMPLE_RATE)
+    assert encoder_fingerprint(a, {"x": 1}, sample_rate=SAMPLE_RATE) != encoder_fingerprint(
+        a, {"x": 2}, sample_rate=SAMPLE_RATE
+    )
     assert encoder_fingerprint(a, sample_rate=16000) != encoder_fingerprint(a, sample_rate=8000)
     with torch.no_grad():
         b.table[3, 5] += 1e-3
-    assert encoder_fingerprint(a) != encoder_fingerprint(b)
+    assert encoder_fingerprint(a, sample_rate=SAMPLE_RATE) != encoder_fingerprint(
+        b, sample_rate=SAMPLE_RATE
+    )
     # Parameters count too, and so does the class with identical tensors.
     linear = torch.nn.Linear(4, 4)
     changed = torch.nn.Linear(4, 4)
     changed.load_state_dict(linear.state_dict())
-    assert encoder_fingerprint(linear) == encoder_fingerprint(changed)
+    assert encoder_fingerprint(linear, sample_rate=SAMPLE_RATE) == encoder_fingerprint(
+        changed, sample_rate=SAMPLE_RATE
+    )
     with torch.no_grad():
         changed.weight[0, 0] += 1
-    assert encoder_fingerprint(linear) != encoder_fingerprint(changed)
+    assert encoder_fingerprint(linear, sample_rate=SAMPLE_RATE) != encoder_fingerprint(
+        changed, sample_rate=SAMPLE_RATE
+    )
 
     class Same(torch.nn.Linear):
         pass
 
     renamed = Same(4, 4)
     renamed.load_state_dict(linear.state_dict())
-    assert encoder_fingerprint(linear) != encoder_fingerprint(renamed)
+    assert encoder_fingerprint(linear, sample_rate=SAMPLE_RATE) != encoder_fingerprint(
+        renamed, sample_rate=SAMPLE_RATE
+    )
 
 
 def test_clip_id_distinguishes_content_length_and_dtype():
@@ -446,11 +461,12 @@ def test_an_all_hit_batch_does_not_synchronise_with_the_gpu(mel):
 
 
 def test_batch_variation_tells_batch_invariant_encoders_apart(mel):
-    assert batch_variation(mel) == 0.0
-    assert batch_variation(Counting(DummyEncoder(output_dim=8))) == 0.0
+    assert batch_variation(mel, sample_rate=SAMPLE_RATE) == 0.0
+    encoder = Counting(DummyEncoder(output_dim=8, sample_rate=SAMPLE_RATE))
+    assert batch_variation(encoder, sample_rate=SAMPLE_RATE) == 0.0
 
     def depends_on_padding(audio, mask):  # normalises over the padded width, not the clip
         features, frame_mask = mel(audio, mask)
         return features / audio.shape[1], frame_mask
 
-    assert batch_variation(depends_on_padding) > 0.0
+    assert batch_variation(depends_on_padding, sample_rate=SAMPLE_RATE) > 0.0

@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from helpers.config import FAST
+from helpers.config import FAST, data_settings
 
 from xares.run.train import train
 from xares.suites.smoke import ensure_smoke_suite
@@ -48,7 +48,7 @@ def test_workers_beyond_the_cores_and_shards_are_capped_with_one_warning(
     smoke_task, monkeypatch, caplog
 ):
     monkeypatch.setattr("xares.training.datamodule._cpu_count", lambda: 2)
-    data = TaskDataModule(smoke_task, num_workers=64, batch_size=4)
+    data = TaskDataModule(smoke_task, data_settings(num_workers=64, batch_size=4), seed=0)
     with caplog.at_level(logging.WARNING, logger="xares.training.datamodule"):
         loaders = [data.train_dataloader(), data.test_dataloader(), data.train_dataloader()]
     assert [loader.num_workers for loader in loaders] == [2, 2, 2]
@@ -62,7 +62,7 @@ def test_training_workers_stay_within_the_smallest_set_and_test_workers_within_t
     smoke_task, monkeypatch, caplog
 ):
     monkeypatch.setattr("xares.training.datamodule._cpu_count", lambda: 16)
-    data = TaskDataModule(smoke_task, num_workers=8, batch_size=4)
+    data = TaskDataModule(smoke_task, data_settings(num_workers=8, batch_size=4), seed=0)
     with caplog.at_level(logging.WARNING, logger="xares.training.datamodule"):
         assert data.train_dataloader().num_workers == 2  # every set has 2 training shards
         assert data.test_dataloader().num_workers == 8  # test sets are split clip by clip
@@ -72,7 +72,7 @@ def test_training_workers_stay_within_the_smallest_set_and_test_workers_within_t
 
 def test_ranks_share_the_shards_and_the_cores_of_a_node(smoke_task, monkeypatch):
     monkeypatch.setattr("xares.training.datamodule._cpu_count", lambda: 16)
-    data = TaskDataModule(smoke_task, num_workers=12, batch_size=4)
+    data = TaskDataModule(smoke_task, data_settings(num_workers=12, batch_size=4), seed=0)
     data.setup()
     data.trainer = SimpleNamespace(world_size=4, num_nodes=2)
     # 2 shards for 4 ranks: one worker each (a rank's reader cannot be fewer than one);
@@ -84,7 +84,7 @@ def test_ranks_share_the_shards_and_the_cores_of_a_node(smoke_task, monkeypatch)
 @pytest.mark.parametrize("workers", [0, 1, 2])
 def test_sane_worker_counts_are_kept_without_a_warning(smoke_task, monkeypatch, caplog, workers):
     monkeypatch.setattr("xares.training.datamodule._cpu_count", lambda: 2)
-    data = TaskDataModule(smoke_task, num_workers=workers, batch_size=4)
+    data = TaskDataModule(smoke_task, data_settings(num_workers=workers, batch_size=4), seed=0)
     with caplog.at_level(logging.WARNING, logger="xares.training.datamodule"):
         assert data.train_dataloader().num_workers == workers
         assert data.test_dataloader().num_workers == workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import huggingface_hub.constants
@@ -14,6 +15,7 @@ from xares.models import llm
 from xares.models.audio_llm import IGNORE_INDEX, AudioLLM
 from xares.models.build import build_model
 from xares.models.projector import LinearProjector, MLPProjector, StackProjector
+from xares.run.plan import model_spec
 
 SAMPLE_RATE = 16000
 
@@ -86,7 +88,7 @@ def test_trainable_state_dict_holds_projector_and_lora_only():
 
 
 def test_without_lora_only_the_projector_trains():
-    model = build(lora={"enabled": False})
+    model = build(lora=None)
     assert set(model.trainable_state_dict()) == {"projector.proj.weight", "projector.proj.bias"}
 
 
@@ -151,7 +153,9 @@ def test_packed_training_matches_padded_batches():
 
     def loss_and_grads(pack: bool):
         torch.manual_seed(0)
-        model = build(lora={**LORA, "dropout": 0.0})  # dropout masks depend on the layout
+        model = build(
+            lora=dataclasses.replace(LORA, dropout=0.0)
+        )  # dropout masks depend on the layout
         model.pack = pack
         with torch.no_grad():  # non-zero LoRA B: the adapted decoder, not the identity
             for name, parameter in model.named_parameters():
@@ -292,7 +296,7 @@ def test_bundled_decoder_answers_do_not_depend_on_batch_or_bucket(make_cfg):
     """The real SmolLM2-135M at the protocol's penalty: one clip alone, in a batch of clips of
     other lengths, and padded to a bucket must give the same text."""
     torch.manual_seed(0)
-    model = build_model(make_cfg("llm=smollm2_135m_gguf", "encoder=mel")).eval()
+    model = build_model(model_spec(make_cfg("llm=smollm2_135m_gguf", "encoder=mel"))).eval()
     clips, audio, mask = silence_ended_clips(5, [32000, 12000, 20000, 6400])
     prompts = ["What sound is this?"] * 2 + ["Describe the audio.", "Which instrument plays?"]
     settings = {"max_new_tokens": 24, "repetition_penalty": 1.05}
@@ -336,13 +340,13 @@ def test_linear_projector_init_std_sets_the_output_scale():
 
 def test_projector_init_std_embedding_is_measured_from_the_decoder(make_cfg):
     cfg = make_cfg("llm=tiny_random", "encoder=dummy", "projector.init_std=embedding")
-    model = build_model(cfg)
+    model = build_model(model_spec(cfg))
     target = model.embed_tokens.weight.std().item()
     features = torch.randn(2000, model.encoder.output_dim)
     out, _ = model.projector(features, None)
     assert abs(out.std().item() - target) < 0.1 * target
     # The protocol's linear projector keeps PyTorch's initialisation.
-    protocol = build_model(make_cfg("llm=tiny_random", "encoder=dummy"))
+    protocol = build_model(model_spec(make_cfg("llm=tiny_random", "encoder=dummy")))
     assert protocol.projector.proj.bias.abs().sum() > 0
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.config import CONF, ROOT
+from helpers.config import CONF, ROOT, data_settings
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -179,7 +179,7 @@ def test_null_prob_becomes_the_share_of_shards(monkeypatch):
         "resolve_shards",
         lambda shards, repo_id, **_: [f for p in shards for f in expand_pattern(p)],
     )
-    dm = TaskDataModule(task=task, download=False)
+    dm = TaskDataModule(task=task, data=data_settings(), seed=0, download=False)
     dm.setup("fit")
     probs = {s.name: s.prob for s in dm.train_sources}
     total = sum(train for train, _ in SHARD_COUNTS.values())

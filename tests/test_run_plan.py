@@ -225,3 +225,92 @@ def test_the_data_directory_is_passed_not_set_in_the_environment(make_cfg, tmp_p
     check_data(task, train=False, evaluate=True, data_dir=str(data_dir))
     prepare_task(make_cfg(*FAST, f"paths.data_dir={data_dir}"))
     assert os.environ["XARES_DATA_HOME"] == str(tmp_path / "elsewhere")
+
+
+def test_the_plan_is_typed_frozen_and_built_from_the_config(make_cfg):
+    import dataclasses
+
+    from xares.models.audio_llm import GenerationSettings, LoraSettings
+    from xares.run.plan import RunPlan, plan_run
+    from xares.training.datamodule import DataSettings
+
+    cfg = make_cfg(*FAST, "data.sort_buffer=7", "llm.lora.r=4")
+    plan = plan_run(cfg)
+    assert isinstance(plan, RunPlan) and isinstance(plan.task, TaskSpec)
+    assert isinstance(plan.data, DataSettings) and plan.data.sort_buffer == 7
+    assert isinstance(plan.model.lora, LoraSettings) and plan.model.lora.r == 4
+    assert isinstance(plan.model.generation, GenerationSettings)
+    assert plan.model.generation.max_new_tokens == 6  # FAST's override, not a default
+    assert plan.model.sample_rate == plan.data.sample_rate == cfg.data.sample_rate
+    out = plan.layout.output_dir
+    assert plan.layout.last_checkpoint == out / "checkpoints" / "last.ckpt"
+    assert plan.layout.runs_dir.name == cfg.run_name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.seed = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.data.batch_size = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "~generation.max_new_tokens",
+            "generation: unknown setting(s) [], missing ['max_new_tokens']",
+        ),
+        ("+generation.temprature=0.5", "generation: unknown setting(s) ['temprature']"),
+        ("~llm.lora.alpha", "llm.lora: unknown setting(s) [], missing ['alpha']"),
+        (
+            "~data.sort_buffer",
+            "data.sort_buffer: missing; conf/train.yaml's `data` section sets it",
+        ),
+        (
+            "~speed.feature_cache.memory_gb",
+            "speed.feature_cache: unknown setting(s) [], missing ['memory_gb']",
+        ),
+    ],
+)
+def test_a_setting_the_config_lacks_or_misspells_is_named(make_cfg, no_weights, override, expected):
+    """No value stands in for a missing one: the config is the only source."""
+    assert expected in run_fails(make_cfg, override)
+
+
+def test_a_run_reads_no_setting_back_from_the_config_it_saves(make_cfg, monkeypatch):
+    """The config a checkpoint keeps is written, never read, during a run."""
+    from collections.abc import Mapping
+
+    from xares.run import pipeline
+
+    class Unreadable(Mapping):
+        def __getitem__(self, key):
+            raise AssertionError(f"the saved config was read during the run ({key!r})")
+
+        def __iter__(self):
+            raise AssertionError("the saved config was read during the run")
+
+        def __len__(self):
+            raise AssertionError("the saved config was read during the run")
+
+    build = pipeline.build_module
+
+    def guarded(plan, datamodule):
+        module = build(plan, datamodule)
+        module.saved_config = Unreadable()
+        return module
+
+    monkeypatch.setattr("xares.run.train.build_module", guarded)
+    from xares.training.module import AudioLLMModule
+
+    written = []
+    original = AudioLLMModule.on_save_checkpoint
+
+    def save(self, checkpoint):
+        original(self, checkpoint)
+        # Its one use: put into the checkpoint as it is (here swapped for plain data to save).
+        assert checkpoint["xares_config"] is self.saved_config
+        checkpoint["xares_config"] = {}
+        written.append(True)
+
+    monkeypatch.setattr(AudioLLMModule, "on_save_checkpoint", save)
+    summary = train(make_cfg(*FAST, "logger=none", "trainer.max_steps=2"))
+    assert [t["task"] for t in summary["tasks"]] and written

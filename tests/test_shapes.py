@@ -7,12 +7,20 @@ import random
 
 import pytest
 import torch
-from test_speed import PROMPTS, TARGETS, batch, model_with
+from helpers.config import ROOT
+from helpers.models import PROMPTS, TARGETS, batch, model_with
+from omegaconf import OmegaConf
 
 from xares.data import lengths as lengths_module
 from xares.data.lengths import lengths_of
 from xares.models.shapes import BatchLengths, ShapeSet, choose_shapes, padding
 from xares.models.speed import Speed, compile_counts
+
+# How many shapes and batches `speed=fast` plans from (conf/speed/fast.yaml).
+SHAPES = {
+    key: OmegaConf.load(ROOT / "conf" / "speed" / "fast.yaml").speed[key]
+    for key in ("max_shapes", "shape_batches")
+}
 
 
 def drawn_batches(count: int = 60, seed: int = 0) -> list[BatchLengths]:
@@ -71,7 +79,11 @@ def test_batch_lengths_are_drawn_once_then_read_from_the_cache(tmp_path, monkeyp
 
 def shaped_model(**settings):
     speed = Speed(
-        compile=True, compile_backend="eager", buckets="auto", text_multiple=8, **settings
+        compile=True,
+        compile_backend="eager",
+        buckets="auto",
+        text_multiple=8,
+        **{**SHAPES, **settings},
     )
     return model_with(speed)
 
@@ -145,11 +157,11 @@ def test_padded_generation_rows_keep_every_answer():
 
 
 def test_eager_cpu_runs_plan_nothing():
-    model = model_with(Speed(compile="auto", buckets="auto", text_multiple=8))
+    model = model_with(Speed(compile="auto", buckets="auto", text_multiple=8, **SHAPES))
     assert not model.speed.shaped and model.plan_shapes([]) is None
     assert model.training_shape(10, 8, 8) is None and model.speed.shapes is None
     # An evaluation alone (no training lengths drawn) pads prompts to powers of two.
-    assert [Speed(buckets="auto").bucket(n) for n in (1, 64, 65)] == [1, 64, 128]
+    assert [Speed(buckets="auto", **SHAPES).bucket(n) for n in (1, 64, 65)] == [1, 64, 128]
 
 
 @pytest.mark.slow

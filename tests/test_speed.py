@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from helpers.config import ROOT
-from helpers.models import LORA, build, padded
+from helpers.models import PROMPTS, TARGETS, batch, build, model_with
 
 from xares.data.collate import collate
 from xares.data.samples import Example
@@ -19,30 +19,6 @@ from xares.encoders.cache import clip_id
 from xares.models import speed as speed_module
 from xares.models.speed import Compiled, Speed
 from xares.models.text import TextEncoder
-
-PROMPTS = ["Name it.", "Q?", "Say more about it."]
-TARGETS = ["low", "top high", "a b c d"]
-
-
-def batch(seed: int = 3):
-    generator = torch.Generator().manual_seed(seed)
-    clips = [torch.randn(n, generator=generator) * 0.1 for n in (16000, 5000, 11000)]
-    return padded(clips)
-
-
-def model_with(speed: Speed, device: str = "cpu"):
-    """The same seeded model (non-zero LoRA B) under the given speed settings."""
-    torch.manual_seed(0)
-    model = build(lora={**LORA, "dropout": 0.0})
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    model.speed = speed
-    model.text = TextEncoder(model.tokenizer, multiple=speed.text_multiple)
-    model.configure_speed(device)
-    return model
 
 
 def loss_and_grads(model):
@@ -214,9 +190,10 @@ def test_training_with_collated_ids_equals_tokenising_in_the_step():
 
 def test_feature_cache_serves_the_second_pass_and_keeps_the_loss(make_cfg):
     from xares.models.build import build_model
+    from xares.run.plan import model_spec
 
     cfg = make_cfg("experiment=smoke", "encoder=dummy", "encoder.frame_rate=25")
-    model = build_model(cfg)
+    model = build_model(model_spec(cfg))
     assert model.feature_cache is not None
     audio, mask = batch()
     ids = [clip_id(audio[row, : int(mask[row].sum())]) for row in range(3)]
@@ -227,7 +204,7 @@ def test_feature_cache_serves_the_second_pass_and_keeps_the_loss(make_cfg):
     assert torch.equal(first, second) and torch.equal(first, uncached)
     stats = model.feature_cache.stats
     assert stats["misses"] == 3 and stats["hits"] == 3
-    off = build_model(make_cfg("experiment=smoke", "speed.feature_cache.enabled=false"))
+    off = build_model(model_spec(make_cfg("experiment=smoke", "speed.feature_cache.enabled=false")))
     assert off.feature_cache is None
 
 
@@ -258,7 +235,10 @@ def test_challenge_tasks_keep_the_protocols_fp32_on_a_gpu(
     make_cfg, monkeypatch, overrides, dtype, matmul
 ):
     """Resolved for a CUDA device (bf16-capable) without one: what a GPU run would get."""
-    from xares.models.build import build_speed
+    from xares.run.plan import model_spec
+
+    def build_speed(cfg):
+        return model_spec(cfg).speed
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     before = torch.get_float32_matmul_precision()
@@ -278,11 +258,12 @@ def test_challenge_tasks_keep_the_protocols_fp32_on_a_gpu(
 
 
 def test_fused_adamw_only_where_it_runs(make_cfg):
-    from xares.run.train import build_datamodule, build_module
+    from xares.run.pipeline import build_datamodule, build_module
+    from xares.run.plan import plan_run
     from xares.training.module import build_optimizer
 
-    cfg = make_cfg("experiment=smoke")
-    module = build_module(cfg, build_datamodule(cfg))
+    plan = plan_run(make_cfg("experiment=smoke"))
+    module = build_module(plan, build_datamodule(plan))
     optimizer = module.configure_optimizers()["optimizer"]
     # CPU parameters: the fused kernel is not asked for under speed.fused_optimizer=auto.
     assert not optimizer.defaults.get("fused")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.config import SAMPLE_RATE
 from helpers.models import TINY_WHISPER
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
@@ -54,13 +55,15 @@ def clip(seconds: float, seed: int = 0) -> torch.Tensor:
 
 
 def test_protocol_default_is_the_full_window(tiny_whisper):
-    assert WhisperEncoder(tiny_whisper).full_window is True
+    assert WhisperEncoder(tiny_whisper, sample_rate=SAMPLE_RATE).full_window is True
 
 
 def test_a_30_second_clip_equals_transformers(tiny_whisper, reference):
     audio = clip(30.0)
     with torch.no_grad():
-        ours, mask = WhisperEncoder(tiny_whisper, full_window=True)(audio[None], None)
+        ours, mask = WhisperEncoder(tiny_whisper, full_window=True, sample_rate=SAMPLE_RATE)(
+            audio[None], None
+        )
     theirs = reference(audio)
     assert ours.shape == (1, 1500, 32) and mask.sum() == 1500
     # Every frame, the last included: its mel frame reflects the clip's end, as the extractor's.
@@ -73,7 +76,7 @@ def test_clips_near_and_far_from_the_window_end_equal_transformers(
 ):
     audio = clip(samples / SR, seed=samples)
     with torch.no_grad():
-        ours, mask = WhisperEncoder(tiny_whisper)(audio[None], None)
+        ours, mask = WhisperEncoder(tiny_whisper, sample_rate=SAMPLE_RATE)(audio[None], None)
     frames = (samples // 160 + 1) // 2
     assert mask.sum() == frames
     torch.testing.assert_close(ours[0, :frames], reference(audio)[:frames], atol=1e-5, rtol=1e-5)
@@ -82,7 +85,7 @@ def test_clips_near_and_far_from_the_window_end_equal_transformers(
 def test_each_30_second_window_of_a_long_clip_equals_transformers(tiny_whisper, reference):
     audio = clip(65.0, seed=1)
     with torch.no_grad():
-        ours, mask = WhisperEncoder(tiny_whisper)(audio[None], None)
+        ours, mask = WhisperEncoder(tiny_whisper, sample_rate=SAMPLE_RATE)(audio[None], None)
     assert mask.sum() == ours.shape[1] == 1500 + 1500 + 250
     for start, frames in ((0, 1500), (1500, 1500), (3000, 250)):
         piece = audio[start * 320 : start * 320 + WINDOW]
@@ -97,7 +100,7 @@ def test_a_padded_batch_gives_each_clip_its_own_features(tiny_whisper, reference
     mask = torch.zeros(2, WINDOW, dtype=torch.long)
     mask[0], mask[1, :SR] = 1, 1
     with torch.no_grad():
-        ours, frame_mask = WhisperEncoder(tiny_whisper)(audio, mask)
+        ours, frame_mask = WhisperEncoder(tiny_whisper, sample_rate=SAMPLE_RATE)(audio, mask)
     assert frame_mask.sum(-1).tolist() == [1500, 50]
     torch.testing.assert_close(ours[0], reference(long), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[1, :50], reference(short)[:50], atol=1e-5, rtol=1e-5)
@@ -106,7 +109,9 @@ def test_a_padded_batch_gives_each_clip_its_own_features(tiny_whisper, reference
 def test_trimmed_mode_is_close_but_not_the_challenges_features(tiny_whisper, reference):
     audio = clip(1.0, seed=4)
     with torch.no_grad():
-        trimmed, mask = WhisperEncoder(tiny_whisper, full_window=False)(audio[None], None)
+        trimmed, mask = WhisperEncoder(tiny_whisper, full_window=False, sample_rate=SAMPLE_RATE)(
+            audio[None], None
+        )
     theirs = reference(audio)[:50]
     assert mask.sum() == 50
     deviation = (trimmed[0] - theirs).abs().max() / theirs.abs().max()
@@ -118,7 +123,7 @@ def test_the_last_mel_frame_of_a_full_window_reflects_the_clip(tiny_whisper):
     # WhisperFeatureExtractor's STFT reflects the window's end: frame 2999 (centred 160 samples
     # before the end, 400 wide) reaches 40 samples past it, into the mirrored clip.
     audio = clip(30.0, seed=5)
-    encoder = WhisperEncoder(tiny_whisper)
+    encoder = WhisperEncoder(tiny_whisper, sample_rate=SAMPLE_RATE)
     ours = encoder.log_mel(audio[None], torch.tensor([3000]))
     extractor = WhisperFeatureExtractor.from_pretrained(tiny_whisper)
     theirs = extractor(audio.numpy(), sampling_rate=SR, return_tensors="pt")["input_features"]

@@ -43,3 +43,64 @@ def compose_config(
         cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
+
+
+def _spine() -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml"))  # type: ignore[return-value]
+
+
+def data_settings(**changes):
+    """``conf/train.yaml``'s data settings (the protocol's), with ``changes``."""
+    from xares.training.datamodule import DataSettings
+
+    return DataSettings.of({**_spine()["data"], **changes})
+
+
+def generation_settings(**changes):
+    """``conf/train.yaml``'s generation settings (the protocol's), with ``changes``."""
+    from xares.models.audio_llm import GenerationSettings
+
+    return GenerationSettings.of({**_spine()["generation"], **changes})
+
+
+def stream_settings(**changes) -> dict:
+    """The keyword arguments a training mixture takes, from the data settings and the seed."""
+    data = data_settings()
+    return {
+        "sample_rate": data.sample_rate,
+        "crop_seconds": data.crop_seconds,
+        "shuffle_buffer": data.shuffle_buffer,
+        "sort_buffer": data.sort_buffer,
+        "seed": _spine()["seed"],
+        **changes,
+    }
+
+
+def eval_stream_settings(**changes) -> dict:
+    """The keyword arguments a test set's stream takes, from the data settings."""
+    data = data_settings()
+    return {
+        "sample_rate": data.sample_rate,
+        "max_seconds": data.eval_max_seconds,
+        "sort_buffer": data.eval_sort_buffer,
+        **changes,
+    }
+
+
+SAMPLE_RATE = int(_spine()["data"]["sample_rate"])
+
+
+def train_mixture(sources, **settings):
+    """A training mixture with the config's data settings, ``settings`` changed."""
+    from xares.data.mixing import TrainMixture
+
+    return TrainMixture(sources, **stream_settings(**settings))
+
+
+def eval_set(source, **settings):
+    """A test set's stream with the config's data settings, ``settings`` changed."""
+    from xares.data.mixing import EvalSet
+
+    return EvalSet(source, **eval_stream_settings(**settings))

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from helpers.config import CONF
+from helpers.config import CONF, SAMPLE_RATE, generation_settings
 from xares.encoders.mel import MelEncoder
 from xares.models import llm
-from xares.models.audio_llm import AudioLLM
+from xares.models.audio_llm import AudioLLM, LoraSettings
 from xares.models.projector import LinearProjector
+from xares.models.speed import Speed
+from xares.models.text import TextEncoder
 
 TINY = OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "tiny_random.yaml").decoder.config)
-LORA = OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "protocol.yaml"))
+LORA = LoraSettings.of(OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "protocol.yaml")))  # type: ignore[arg-type]
 
 # A two-layer, 32-wide Whisper: the real architecture and feature extractor, random weights.
 TINY_WHISPER = dict(
@@ -37,11 +41,13 @@ def tiny_decoder():
     return llm.from_config(TINY, tokenizer="bytes", seed=0)
 
 
-def build(encoder: nn.Module | None = None, lora=LORA) -> AudioLLM:
-    encoder = encoder or MelEncoder()
+def build(encoder: nn.Module | None = None, lora: LoraSettings | None = LORA) -> AudioLLM:
+    encoder = encoder or MelEncoder(sample_rate=SAMPLE_RATE)
     decoder, tokenizer = tiny_decoder()
     projector = LinearProjector(encoder.output_dim, decoder.config.hidden_size)
-    return AudioLLM(encoder, projector, decoder, tokenizer, lora=lora)
+    return AudioLLM(
+        encoder, projector, decoder, tokenizer, lora=lora, generation=generation_settings()
+    )
 
 
 def padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +58,29 @@ def padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         audio[row, : clip.shape[0]] = clip
         mask[row, : clip.shape[0]] = 1
     return audio, mask
+
+
+# A batch of three clips whose prompts and targets differ in length, for the speed paths.
+PROMPTS = ["Name it.", "Q?", "Say more about it."]
+TARGETS = ["low", "top high", "a b c d"]
+
+
+def batch(seed: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    clips = [torch.randn(n, generator=generator) * 0.1 for n in (16000, 5000, 11000)]
+    return padded(clips)
+
+
+def model_with(speed: Speed, device: str = "cpu"):
+    """The same seeded model (non-zero LoRA B) under the given speed settings."""
+    torch.manual_seed(0)
+    model = build(lora=dataclasses.replace(LORA, dropout=0.0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    model.speed = speed
+    model.text = TextEncoder(model.tokenizer, multiple=speed.text_multiple)
+    model.configure_speed(device)
+    return model

@@ -155,7 +155,7 @@ def wav_shortfall(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_audio(data: bytes, sample_rate: int = 16000, extension: str = "") -> torch.Tensor:
+def decode_audio(data: bytes, sample_rate: int, extension: str = "") -> torch.Tensor:
     """Decode audio bytes in memory to a mono float tensor at ``sample_rate``."""
     if not data:
         raise AudioDecodeError("empty audio member")

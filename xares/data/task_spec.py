@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from xares.fingerprint import fingerprint
@@ -124,9 +126,28 @@ class TaskSpec:
 IDENTITY_KEYS = ("shards", "label_key", "label_join", "prompt", "metric", "metric_args")
 
 
-def test_set_id(spec: Mapping[str, Any]) -> str:
-    """12 hex digits naming a test set's identity, so two sets that share a name are told apart."""
-    return fingerprint({k: spec.get(k) for k in IDENTITY_KEYS}, 12)
+def test_set_id(spec: Mapping[str, Any], data_dir: str | os.PathLike | None = None) -> str:
+    """12 hex digits naming a test set's identity, so two sets that share a name are told apart.
+
+    Shards inside the data cache (``data_dir``) are named from the cache, not from the disk:
+    the same generated suite read from ``./xares_data`` or from ``$XARES_DATA_HOME`` elsewhere
+    is the same test set, and runs that scored it can be compared.
+    """
+    identity = {k: spec.get(k) for k in IDENTITY_KEYS}
+    if data_dir is not None and identity["shards"]:
+        identity["shards"] = [_in_cache(str(s), data_dir) for s in identity["shards"]]
+    return fingerprint(identity, 12)
+
+
+def _in_cache(shard: str, data_dir: str | os.PathLike) -> str:
+    """``<data>/...`` for a shard pattern inside the data cache; any other one as written."""
+    if "://" in shard:
+        return shard
+    home = os.path.abspath(os.path.expanduser(data_dir))
+    path = os.path.abspath(os.path.expanduser(shard))
+    if os.path.commonpath([home, path]) != home:
+        return shard
+    return "<data>/" + Path(os.path.relpath(path, home)).as_posix()
 
 
 def eval_defaults() -> dict[str, Any]:

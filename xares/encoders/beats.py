@@ -37,6 +37,9 @@ from xares.encoders.contract import mask_from_lengths
 
 log = logging.getLogger(__name__)
 
+# The rate BEATs was pre-trained on, and its filterbank assumes.
+SAMPLE_RATE = 16000
+
 FBANK_MEAN = 15.41663
 FBANK_STD = 6.55582
 # The public BEATs_iter3+ (AS2M) self-supervised checkpoint, as linked from the BEATs README.
@@ -314,11 +317,12 @@ class BEATsEncoder(nn.Module):
         cfg: BEATsConfig | dict[str, Any],
         freq_pooling: str = "stack",
         chunk_seconds: float | None = 10.0,
-        sample_rate: int = 16000,
+        *,
+        sample_rate: int,
     ):
         super().__init__()
         cfg = cfg if isinstance(cfg, BEATsConfig) else BEATsConfig.from_dict(dict(cfg))
-        if sample_rate != 16000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"BEATs expects 16 kHz audio, got sample_rate={sample_rate}")
         if freq_pooling not in ("stack", "mean", "none"):
             raise ValueError(f"freq_pooling must be stack, mean or none, not {freq_pooling!r}")
@@ -368,7 +372,7 @@ class BEATsEncoder(nn.Module):
                 feats = torchaudio.compliance.kaldi.fbank(
                     row[None].float() * 2**15,
                     num_mel_bins=self.n_mels,
-                    sample_frequency=16000,
+                    sample_frequency=SAMPLE_RATE,
                     frame_length=25,
                     frame_shift=10,
                 )

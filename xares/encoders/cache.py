@@ -91,7 +91,7 @@ def clip_id(samples: torch.Tensor) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-serialisable copy of a config value with a stable key order (OmegaConf included)."""
+    """A JSON-serialisable copy of a config value with a stable key order (config nodes included: any mapping or sequence)."""
     if isinstance(value, Mapping):
         return {str(key): _plain(value[key]) for key in sorted(value, key=str)}
     if isinstance(value, (list, tuple)) or (
@@ -118,7 +118,7 @@ def features_checksum(features: torch.Tensor) -> str:
 
 
 def encoder_fingerprint(
-    encoder: nn.Module, config: Mapping | None = None, sample_rate: int = 16000
+    encoder: nn.Module, config: Mapping | None = None, *, sample_rate: int
 ) -> str:
     """Identity of an encoder's computation, as 64 hex characters.
 
@@ -152,7 +152,7 @@ def encoder_fingerprint(
 def batch_variation(
     encode_fn: EncodeFn,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int,
     seconds: Sequence[float] = (1.0, 2.3, 0.6),
     device: torch.device | str = "cpu",
 ) -> float:

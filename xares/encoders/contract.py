@@ -97,7 +97,7 @@ def normalise_output(
 def check_encoder(
     encoder: object,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int,
     batch_size: int = 2,
     seconds: tuple[float, float] = (1.0, 0.6),
     device: torch.device | str | None = None,

@@ -35,6 +35,9 @@ from xares.encoders.contract import mask_from_lengths
 
 log = logging.getLogger(__name__)
 
+# The rate Dasheng was pre-trained on, and its filterbank assumes.
+SAMPLE_RATE = 16000
+
 PRESETS = {
     "dasheng-base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "dasheng-0.6B": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
@@ -192,18 +195,22 @@ class DashengEncoder(nn.Module):
     window: torch.Tensor
     """Dasheng features for xares: 25 frames per second, ``embed_dim`` wide (768 for base)."""
 
-    def __init__(
-        self, config: DashengConfig | dict[str, Any] | None = None, sample_rate: int = 16000
-    ):
+    def __init__(self, config: DashengConfig | dict[str, Any] | None = None, *, sample_rate: int):
         super().__init__()
         cfg = config if isinstance(config, DashengConfig) else DashengConfig.from_dict(config or {})
-        if sample_rate != 16000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"Dasheng expects 16 kHz audio, got sample_rate={sample_rate}")
         self.cfg = cfg
         self.encoder = AudioTransformer(cfg)
         self.encoder.eval()
         fbanks = torchaudio.functional.melscale_fbanks(
-            cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, 16000, norm=None, mel_scale="htk"
+            cfg.n_fft // 2 + 1,
+            cfg.f_min,
+            cfg.f_max,
+            cfg.n_mels,
+            SAMPLE_RATE,
+            norm=None,
+            mel_scale="htk",
         )
         self.register_buffer("mel_fbanks", fbanks, persistent=False)
         self.register_buffer("window", torch.hann_window(cfg.win_size), persistent=False)

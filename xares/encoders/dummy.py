@@ -20,7 +20,8 @@ class DummyEncoder(nn.Module):
         self,
         output_dim: int = 64,
         frame_rate: float = 25,
-        sample_rate: int = 16000,
+        *,
+        sample_rate: int,
         max_frames: int = 1500,
         seed: int = 0,
     ):

@@ -24,6 +24,9 @@ from xares.encoders.contract import mask_from_lengths
 
 log = logging.getLogger(__name__)
 
+# The rate the speech models this wrapper loads (wav2vec 2.0, HuBERT, WavLM) were pre-trained on.
+SAMPLE_RATE = 16000
+
 
 def min_input_samples(conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> int:
     """Fewest samples that give one frame from a stack of unpadded convolutions."""
@@ -56,7 +59,8 @@ class HFSpeechEncoder(nn.Module):
         name_or_path: str,
         layer: int | None = None,
         chunk_seconds: float | None = None,
-        sample_rate: int = 16000,
+        *,
+        sample_rate: int,
         attn_implementation: str | None = None,
     ):
         super().__init__()
@@ -70,7 +74,7 @@ class HFSpeechEncoder(nn.Module):
         )
         check_loading_info(info, name_or_path)
         self.model.eval()
-        if sample_rate != 16000:
+        if sample_rate != SAMPLE_RATE:
             raise ValueError(f"{name_or_path} expects 16 kHz audio, got sample_rate={sample_rate}")
         try:
             extractor = AutoFeatureExtractor.from_pretrained(name_or_path)

@@ -18,7 +18,8 @@ class MelEncoder(nn.Module):
     def __init__(
         self,
         n_mels: int = 80,
-        sample_rate: int = 16000,
+        *,
+        sample_rate: int,
         win_ms: float = 25.0,
         hop_ms: float = 10.0,
         stack: int = 4,

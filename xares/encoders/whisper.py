@@ -45,7 +45,8 @@ class WhisperEncoder(nn.Module):
         self,
         name_or_path: str = "openai/whisper-base",
         full_window: bool = True,
-        sample_rate: int = 16000,
+        *,
+        sample_rate: int,
         attn_implementation: str | None = None,
     ):
         super().__init__()

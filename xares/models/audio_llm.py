@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -22,27 +23,65 @@ from xares.encoders.contract import normalise_output
 from xares.models.shapes import BatchLengths, Padding, choose_shapes, padding
 from xares.models.speed import Compiled, Speed
 from xares.models.text import TEXT_KEYS, TextEncoder
+from xares.settings import from_section
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
 
-def apply_lora(decoder: nn.Module, lora: Mapping[str, Any] | None) -> nn.Module:
+@dataclass(frozen=True)
+class LoraSettings:
+    """The ``lora`` group (``conf/lora/``), typed; its values are the config's alone."""
+
+    enabled: bool
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: str | tuple[str, ...]
+    bias: str
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> LoraSettings:
+        settings = from_section(cls, "llm.lora", values)
+        targets = settings.target_modules
+        if not isinstance(targets, str):
+            settings = cls(**{**asdict(settings), "target_modules": tuple(targets)})
+        return settings
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The ``generation`` section of ``conf/train.yaml``, typed: how answers are decoded."""
+
+    do_sample: bool
+    num_beams: int
+    repetition_penalty: float
+    max_new_tokens: int
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> GenerationSettings:
+        return from_section(cls, "generation", values)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_lora(decoder: nn.Module, lora: LoraSettings | None) -> nn.Module:
     """Wrap ``decoder`` with peft LoRA (``lora=None`` or ``enabled: false`` fine-tunes nothing)."""
-    if not lora or not lora.get("enabled", True):
+    if lora is None or not lora.enabled:
         for parameter in decoder.parameters():
             parameter.requires_grad_(False)
         return decoder
     from peft import LoraConfig, get_peft_model
 
-    targets = lora.get("target_modules", "all-linear")
+    targets = lora.target_modules
     config = LoraConfig(
-        r=int(lora.get("r", 8)),
-        lora_alpha=int(lora.get("alpha", 32)),
-        lora_dropout=float(lora.get("dropout", 0.1)),
+        r=int(lora.r),
+        lora_alpha=int(lora.alpha),
+        lora_dropout=float(lora.dropout),
         target_modules=targets if isinstance(targets, str) else list(targets),
-        bias=lora.get("bias", "none"),
+        bias=lora.bias,  # type: ignore[arg-type]
         task_type="CAUSAL_LM",
     )
     return get_peft_model(decoder, config)
@@ -63,8 +102,8 @@ class AudioLLM(nn.Module):
         projector: nn.Module,
         decoder: nn.Module,
         tokenizer: Any,
-        lora: Mapping[str, Any] | None = None,
-        generation: Mapping[str, Any] | None = None,
+        lora: LoraSettings | None,
+        generation: GenerationSettings,
         pack: bool = False,
         speed: Speed | None = None,
         feature_cache: Any = None,
@@ -77,7 +116,7 @@ class AudioLLM(nn.Module):
         self.projector = projector
         self.decoder = apply_lora(decoder, lora)
         self.tokenizer = tokenizer
-        self.generation = dict(generation or {})
+        self.generation = generation
         # Training only: the whole batch as one row, each clip attending only to itself.
         self.pack = bool(pack)
         self.speed = speed or Speed()
@@ -528,13 +567,7 @@ class AudioLLM(nn.Module):
         inputs, attention, positions, _ = self._splice(
             audio_embeds, frame_mask, text, left_pad=True, with_labels=False
         )
-        settings = {
-            "do_sample": False,
-            "num_beams": 1,
-            "repetition_penalty": 1.05,
-            "max_new_tokens": 150,
-        }
-        settings.update(self.generation)
+        settings = self.generation.as_kwargs()
         settings.update(self.speed.generate_settings())
         settings.update(overrides)
         processors = _repetition_penalty(settings)

@@ -1,74 +1,105 @@
-"""Assemble an :class:`AudioLLM` from the ``encoder``, ``projector`` and ``llm`` config groups."""
+"""Assemble an :class:`AudioLLM` from a :class:`ModelSpec`: what the run plan says the model is."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from xares.encoders.cache import FeatureCache, encoder_fingerprint
 from xares.encoders.contract import check_encoder
-from xares.models.audio_llm import AudioLLM
+from xares.models.audio_llm import AudioLLM, GenerationSettings, LoraSettings
 from xares.models.speed import DTYPES, Speed
-from xares.protocol import is_challenge_task
+from xares.settings import from_section
 
 log = logging.getLogger(__name__)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+@dataclass(frozen=True)
+class FeatureCacheSettings:
+    """``speed.feature_cache``, typed: where frozen-encoder outputs are kept between uses."""
+
+    enabled: bool
+    memory_gb: float
+    dir: str | None
+    dtype: str | None
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(
+                f"speed.feature_cache.dtype={self.dtype!r}: write null or one of {list(DTYPES)}"
+            )
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> FeatureCacheSettings:
+        return from_section(cls, "speed.feature_cache", values)
+
+    @property
+    def stores(self) -> bool:
+        return self.enabled and (float(self.memory_gb or 0) > 0 or bool(self.dir))
 
 
-def build_feature_cache(encoder, cfg: DictConfig) -> FeatureCache | None:
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that makes the model, in plain values.
+
+    ``encoder``, ``projector`` and ``decoder`` are ``_target_`` specifications (plain dicts,
+    as the config groups write them), instantiated here; the rest is typed settings.
+    """
+
+    encoder: Mapping[str, Any]
+    projector: Mapping[str, Any]
+    decoder: Mapping[str, Any]
+    lora: LoraSettings | None
+    generation: GenerationSettings
+    pack: bool
+    speed: Speed
+    feature_cache: FeatureCacheSettings
+    sample_rate: int
+
+
+def build_feature_cache(encoder, spec: ModelSpec) -> FeatureCache | None:
     """The frozen-encoder feature cache of ``speed.feature_cache`` (``None`` when disabled)."""
-    spec = _plain((cfg.get("speed") or {}).get("feature_cache")) or {}
-    stores = float(spec.get("memory_gb") or 0) > 0 or spec.get("dir")
-    if not spec.get("enabled") or not stores:
+    settings = spec.feature_cache
+    if not settings.stores:
         return None
-    dtype = spec.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"speed.feature_cache.dtype must be null or one of {list(DTYPES)}")
-    sample_rate = int(cfg.data.sample_rate)
     return FeatureCache(
-        encoder_fingerprint(encoder, _plain(cfg.encoder), sample_rate=sample_rate),
-        memory_gb=float(spec.get("memory_gb") or 0),
-        directory=spec.get("dir"),
-        dtype=DTYPES[dtype] if dtype else None,
+        encoder_fingerprint(encoder, dict(spec.encoder), sample_rate=spec.sample_rate),
+        memory_gb=float(settings.memory_gb or 0),
+        directory=settings.dir,
+        dtype=DTYPES[settings.dtype] if settings.dtype else None,
     )
 
 
-def build_speed(cfg: DictConfig) -> Speed:
-    """The run's speed settings; on a challenge task, ``auto`` numerics are the protocol's."""
-    task = (cfg.get("task") or {}).get("name")
-    return Speed.from_config(_plain(cfg.get("speed")), challenge=is_challenge_task(task))
-
-
-def build_model(cfg: DictConfig, *, check: bool = True) -> AudioLLM:
+def build_model(spec: ModelSpec, *, check: bool = True) -> AudioLLM:
     """Encoder (contract-checked before anything else is built) → projector → LoRA decoder."""
-    encoder = instantiate(cfg.encoder, _convert_="all")
+    encoder = instantiate(dict(spec.encoder), _convert_="all")
     if check:
-        check_encoder(encoder, sample_rate=int(cfg.data.sample_rate))
-    decoder, tokenizer = instantiate(cfg.llm.decoder, _convert_="all")
+        check_encoder(encoder, sample_rate=spec.sample_rate)
+    decoder, tokenizer = instantiate(dict(spec.decoder), _convert_="all")
     embeddings = decoder.get_input_embeddings()
     sizes: dict[str, int | float] = dict(
         in_dim=int(encoder.output_dim), out_dim=int(embeddings.embedding_dim)
     )
-    if cfg.projector.get("init_std") == "embedding":
+    if spec.projector.get("init_std") == "embedding":
         # Measured here because it belongs to the decoder, which the config cannot see.
         sizes["init_std"] = float(embeddings.weight.detach().float().std())
-    projector = instantiate(cfg.projector, **sizes)
+    projector = instantiate(dict(spec.projector), **sizes)
     model = AudioLLM(
         encoder,
         projector,
         decoder,
         tokenizer,
-        lora=_plain(cfg.llm.get("lora")),
-        generation=_plain(cfg.get("generation")),
-        pack=bool(cfg.get("model", {}).get("pack", False)),
-        speed=build_speed(cfg),
-        feature_cache=build_feature_cache(encoder, cfg),
+        lora=spec.lora,
+        generation=spec.generation,
+        pack=spec.pack,
+        # The model's own copy: resolving it for a device records what was resolved.
+        speed=dataclasses.replace(spec.speed),
+        feature_cache=build_feature_cache(encoder, spec),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

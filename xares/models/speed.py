@@ -79,8 +79,8 @@ class Speed:
     buckets: Sequence[int] | str | None = None
     # With a list of ``buckets``: the target-slot widths (null: powers of two)
     slot_buckets: Sequence[int] | None = None
-    max_shapes: int = 8  # with ``buckets: auto``: at most this many training graphs
-    shape_batches: int = 256  # with ``buckets: auto``: training batches drawn to choose them
+    max_shapes: int | None = None  # with ``buckets: auto``: at most this many training graphs
+    shape_batches: int | None = None  # with ``buckets: auto``: batches drawn to choose them
     warmup: bool | str = False  # compile every shape before the first step: true|false|auto
     compile_cache_dir: str | None = None  # the compiler's on-disk caches (null: its default)
     text_multiple: int = 1  # token-id widths padded to a multiple of this (in the collate)
@@ -108,11 +108,12 @@ class Speed:
         else:
             self.buckets = _lengths(self.buckets, "buckets")
         self.slot_buckets = _lengths(self.slot_buckets, "slot_buckets")
-        if int(self.max_shapes) < 1 or int(self.shape_batches) < 1:
-            raise ValueError(
-                "speed.max_shapes and speed.shape_batches must be >= 1, got "
-                f"{self.max_shapes} and {self.shape_batches}"
-            )
+        for name in ("max_shapes", "shape_batches"):
+            value = getattr(self, name)
+            if value is None and self.buckets == "auto":
+                raise ValueError(f"speed.buckets=auto chooses the shapes by speed.{name}: set it")
+            if value is not None and int(value) < 1:
+                raise ValueError(f"speed.{name} must be >= 1, got {value}")
         if int(self.text_multiple) < 1:
             raise ValueError(f"speed.text_multiple must be >= 1, got {self.text_multiple}")
 

@@ -13,7 +13,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xares.atomic import write_text
-from xares.results.intervals import IntervalSettings
 from xares.results.scores import overall_score
 from xares.run import metadata
 from xares.run.directory import claim_run_dir
@@ -24,10 +23,10 @@ from xares.run.pipeline import (
     build_trainer,
     evaluate_and_report,
     model_run_dir,
-    output_dir,
     prepare_task,
 )
-from xares.run.validation import check_data, check_run
+from xares.run.plan import RunLayout, plan_run
+from xares.run.validation import check_data
 from xares.training.checkpoint import (
     MODEL_SECTIONS,
     check_compatible,
@@ -81,6 +80,10 @@ def evaluation_config(cfg: DictConfig, saved: dict[str, Any]) -> DictConfig:
         chosen = {k: v for k, v in (cfg.get("generation") or {}).items() if v is not None}
         merged.generation = OmegaConf.merge(merged.get("generation", {}), chosen)
         merged.seed = cfg.seed
+        # How this command treats the scores is its own choice, not the training run's.
+        for key in ("allow_partial", "reuse_scores", "allow_ckpt_mismatch", "intervals"):
+            if key in cfg:
+                merged[key] = cfg[key]
     return merged
 
 
@@ -101,22 +104,25 @@ def scored_identity(saved: dict[str, Any], run_cfg: DictConfig) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started, started_at = time.perf_counter(), metadata.now()
-    out = output_dir(cfg)
+    layout = RunLayout.of(cfg)
+    out = layout.output_dir
     with stop_on_sigterm():
         try:
             claim_run_dir(out)
-            ckpt_path, checkpoint = resolve_checkpoint(str(cfg.ckpt_path), cfg, here=out)
-            run_cfg = evaluation_config(cfg, checkpoint["xares_config"])
-            check_compatible(
-                ckpt_path, checkpoint, run_cfg, allow=bool(cfg.get("allow_ckpt_mismatch"))
+            ckpt_path, checkpoint = resolve_checkpoint(
+                str(cfg.ckpt_path), layout.runs_dir, here=out
             )
-            task = check_run(run_cfg, train=False, evaluate=True)
-            pl.seed_everything(int(run_cfg.seed), workers=True)
+            # The checkpoint's config is read here, at the boundary, to plan the re-scoring.
+            saved = checkpoint["xares_config"]
+            run_cfg = evaluation_config(cfg, saved)
+            plan = plan_run(run_cfg, train=False, evaluate=True)
+            check_compatible(ckpt_path, checkpoint, plan.config, allow=plan.allow_ckpt_mismatch)
+            pl.seed_everything(plan.seed, workers=True)
             prepare_task(run_cfg)
-            check_data(task, train=False, evaluate=True, data_dir=str(run_cfg.paths.data_dir))
+            check_data(plan.task, train=False, evaluate=True, data_dir=plan.data_dir)
 
-            datamodule = build_datamodule(run_cfg, task)
-            module = build_module(run_cfg, datamodule)
+            datamodule = build_datamodule(plan)
+            module = build_module(plan, datamodule)
             load_trainable(module, ckpt_path, checkpoint)
             trainer = build_trainer(run_cfg)
             scored = str(Path(ckpt_path).resolve())
@@ -125,21 +131,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 trainer,
                 module,
                 datamodule,
-                out,
-                str(run_cfg.run_name),
+                plan,
                 started,
-                allow_partial=bool(cfg.get("allow_partial")),
                 run=metadata.describe(
                     run_cfg,
                     started_at,
                     kind="evaluate",
                     checkpoint=scored,
-                    trained_seed=checkpoint["xares_config"].get("seed"),
-                    identity=scored_identity(checkpoint["xares_config"], run_cfg),
+                    trained_seed=saved.get("seed"),
+                    identity=scored_identity(saved, run_cfg),
                 ),
                 model_dir=model_run_dir(ckpt_path, out),
-                reuse=bool(cfg.get("reuse_scores", True)),
-                intervals=IntervalSettings.of(cfg.get("intervals")),
             )
         finally:
             finish_wandb()

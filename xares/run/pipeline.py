@@ -15,17 +15,17 @@ from typing import Any
 import lightning.pytorch as pl
 from hydra.utils import call, instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from xares.data.task_spec import TaskSpec
 from xares.encoders.cache import clip_id
 from xares.layout import CHECKPOINT_SUFFIX, CHECKPOINTS
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
 from xares.results import diagnosis, scores
-from xares.results.intervals import IntervalSettings, attach_intervals
+from xares.results.intervals import attach_intervals
 from xares.results.run_page import write_run_page
 from xares.run import metadata
+from xares.run.plan import RunLayout, RunPlan
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.console import StepProgressBar, quiet_console
@@ -52,26 +52,9 @@ class ReportWriteError(OSError):
     """The score files could not be written (the table was printed)."""
 
 
-class NoRunDirectoryError(ValueError):
-    """The config names no run directory: it was composed outside a Hydra run."""
-
-
 def output_dir(cfg: DictConfig) -> Path:
-    """The run directory; a config composed by hand must name it (nothing is guessed, so no
-    run writes into the working directory or a folder called ``None``)."""
-    try:
-        value = cfg.paths.output_dir
-    except Exception as error:  # `${hydra:runtime.output_dir}` without a Hydra run
-        value, cause = None, error
-    else:
-        cause = None
-    if value is None or str(value) in ("", "None"):
-        raise NoRunDirectoryError(
-            "paths.output_dir is not set: this config was composed outside a Hydra run. From "
-            "Python call xares.api.train(overrides, run_dir=...) or xares.api.evaluate(...), "
-            "which set up the run directory; or set paths.output_dir yourself."
-        ) from cause
-    return Path(value)
+    """The run directory (see :meth:`RunLayout.of`: a config composed by hand must name it)."""
+    return RunLayout.of(cfg).output_dir
 
 
 def prepare_task(cfg: DictConfig) -> None:
@@ -80,30 +63,29 @@ def prepare_task(cfg: DictConfig) -> None:
         call(cfg.task.prepare)
 
 
-def build_datamodule(cfg: DictConfig, task: TaskSpec | None = None) -> TaskDataModule:
+def build_datamodule(plan: RunPlan) -> TaskDataModule:
     return TaskDataModule(
-        task=task or OmegaConf.to_container(cfg.task, resolve=True),  # type: ignore[arg-type]
-        seed=int(cfg.seed),
-        data_dir=str(cfg.paths.data_dir),
-        cuda_eval_batch_size=(cfg.get("speed") or {}).get("eval_batch_size"),
-        **OmegaConf.to_container(cfg.data, resolve=True),
+        task=plan.task,
+        data=plan.data,
+        seed=plan.seed,
+        data_dir=plan.data_dir,
+        cuda_eval_batch_size=plan.cuda_eval_batch_size,
     )
 
 
-def build_module(cfg: DictConfig, datamodule: TaskDataModule) -> AudioLLMModule:
-    model = build_model(cfg)
+def build_module(plan: RunPlan, datamodule: TaskDataModule) -> AudioLLMModule:
+    model = build_model(plan.model)
     # Token ids (and clip digests for the feature cache) are made in the loader workers.
     datamodule.text = model.text
     if model.feature_cache is not None:
         datamodule.digest = clip_id
     return AudioLLMModule(
         model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=instantiate(dict(plan.optimizer)),
+        scheduler=instantiate(dict(plan.scheduler)) if plan.scheduler else None,
         eval_sets=datamodule.eval_specs,
-        # The chosen option names travel with the checkpoint, so a re-scored run is still
-        # labelled by the encoder it was trained with.
-        config={**OmegaConf.to_container(cfg, resolve=True), "choices": metadata.choices(cfg)},  # type: ignore[dict-item]
+        saved_config=plan.saved_config,
+        fused_optimizer=plan.fused_optimizer,
     )
 
 
@@ -191,19 +173,19 @@ def reuse_scored_sets(
     trainer: pl.Trainer,
     module: AudioLLMModule,
     datamodule: TaskDataModule,
-    out: Path,
+    plan: RunPlan,
     model_dir: Path,
-    reuse: bool = True,
 ) -> list[str]:
     """Point the module at the finished test sets of this model and settings, and skip the
-    ones an interrupted evaluation already scored (unless not ``reuse``); returns those."""
+    ones an interrupted evaluation already scored (unless not ``plan.reuse_scores``); returns those."""
     # How the answers will be computed, in the evaluation record's own terms; the slicing
     # (world size, workers) enters the key on its own.
     numerics = phase_record(trainer, module.model.speed.resolve(trainer.strategy.root_device))
     for slicing in ("world_size", "accumulate_grad_batches"):
         numerics.pop(slicing)
+    out = plan.layout.output_dir
     key = evaluation_key(
-        module.config,
+        plan.saved_config,
         weights_digest(module.state_dict()),
         numerics,
         world_size=trainer.world_size,
@@ -221,7 +203,7 @@ def reuse_scored_sets(
         also_read=tuple({model_dir, out} - {home}),
     )
     module.reused = {}
-    if reuse:
+    if plan.reuse_scores:
         for name in module.eval_sets:
             parts = module.scored_sets.load(name)
             if parts is not None:
@@ -244,14 +226,10 @@ def evaluate_and_report(
     trainer: pl.Trainer,
     module: AudioLLMModule,
     datamodule,
-    out: Path,
-    run_name: str | None = None,
+    plan: RunPlan,
     started: float | None = None,
-    allow_partial: bool = False,
     run: dict[str, Any] | None = None,
     model_dir: Path | None = None,
-    reuse: bool = True,
-    intervals: IntervalSettings | None = None,
 ) -> dict[str, Any]:
     """Generate and score every test set, print the table, write the score files.
 
@@ -262,11 +240,12 @@ def evaluate_and_report(
     the run's phases for the efficiency block. ``run`` (:func:`xares.run.metadata.describe`)
     is what the run was; it is completed with the end time and written to ``scores.json``.
     ``model_dir`` is the scored model's run directory, where finished test sets are kept so
-    a rerun resumes (:func:`reuse_scored_sets`; ``reuse=false`` rescores every set).
-    ``intervals`` says how the bootstrap intervals are drawn (none when ``None``).
+    a rerun resumes (:func:`reuse_scored_sets`; ``reuse_scores=false`` rescores every set).
+    The plan's ``intervals`` say how the bootstrap intervals are drawn.
     """
-    meter = Efficiency.of(trainer)
-    reused = reuse_scored_sets(trainer, module, datamodule, out, model_dir or out, reuse)
+    out, allow_partial = plan.layout.output_dir, plan.allow_partial
+    meter = Efficiency.of(trainer, sample_rate=plan.data.sample_rate)
+    reused = reuse_scored_sets(trainer, module, datamodule, plan, model_dir or out)
     trainer.test(module, datamodule=datamodule, verbose=False)
     summary = scores.summarise(module.results, meter.summary(started, trainer))
     summary["reused"] = reused
@@ -275,7 +254,7 @@ def evaluate_and_report(
     # A debug run that reads only some test batches leaves sets unread on purpose.
     cut_short = bool(trainer.fast_dev_run) or trainer.limit_test_batches not in (1, 1.0)  # type: ignore[attr-defined]
     summary["comparability"] = verdict(
-        module.config,
+        plan.saved_config,
         training=module.training_record,
         evaluation=module.evaluation_record,
         summary=summary,
@@ -285,11 +264,11 @@ def evaluate_and_report(
         return summary
     if run is not None:
         summary["run"] = metadata.finish(run, module.model.encoder)
-    attach_intervals(summary, module.results, intervals or IntervalSettings(resamples=0))
+    attach_intervals(summary, module.results, plan.intervals)
     diagnosis.attach(summary, module.results, module.eval_sets)
     print("\n" + scores.format_table(summary), flush=True)
     try:
-        scores.write_reports(out, module.results, run_name=run_name, summary=summary)
+        scores.write_reports(out, module.results, run_name=plan.run_name, summary=summary)
         scores.write_skipped(out, module.results, module.train_skipped.items())
         write_run_page(out)
     except OSError as error:

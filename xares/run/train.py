@@ -12,9 +12,6 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from xares.data.task_spec import TaskSpec
-from xares.layout import CHECKPOINTS, LAST_CHECKPOINT
-from xares.results.intervals import IntervalSettings
 from xares.results.scores import overall_score
 from xares.run import metadata
 from xares.run.directory import claim_run_dir
@@ -25,10 +22,10 @@ from xares.run.pipeline import (
     build_trainer,
     evaluate_and_report,
     model_run_dir,
-    output_dir,
     prepare_task,
 )
-from xares.run.validation import check_data, check_run
+from xares.run.plan import RunLayout, plan_run
+from xares.run.validation import check_data
 from xares.training.checkpoint import (
     check_compatible,
     check_writable,
@@ -44,29 +41,30 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one encoder on one task; returns the score summary."""
     started, started_at = time.perf_counter(), metadata.now()
-    out = output_dir(cfg)
-    fit, evaluate = bool(cfg.get("train", True)), bool(cfg.get("evaluate", True))
+    layout = RunLayout.of(cfg)
+    out = layout.output_dir
     with stop_on_sigterm():
         try:
-            resolved = resolve_checkpoint(cfg.get("ckpt_path"), cfg, here=out)
+            resolved = resolve_checkpoint(cfg.get("ckpt_path"), layout.runs_dir, here=out)
             # Resuming from a checkpoint inside this very folder finishes that run in place.
             inside = resolved is not None and out.resolve() in Path(resolved[0]).resolve().parents
             claim_run_dir(out, continuing=inside)
             # Everything that can be checked without data or weights, in seconds.
-            task: TaskSpec = check_run(cfg, train=fit, evaluate=evaluate)
+            plan = plan_run(cfg)
+            fit, evaluate = plan.train, plan.evaluate
             if resolved is not None:
-                check_compatible(*resolved, cfg, allow=bool(cfg.get("allow_ckpt_mismatch")))
+                check_compatible(*resolved, plan.config, allow=plan.allow_ckpt_mismatch)
             if fit:
                 callbacks = (cfg.get("callbacks") or {}).values()
                 dirs = {str(c.dirpath) for c in callbacks if c is not None and c.get("dirpath")}
-                for directory in sorted({str(out / CHECKPOINTS), *dirs}):
+                for directory in sorted({str(layout.checkpoints), *dirs}):
                     check_writable(directory)
-            pl.seed_everything(int(cfg.seed), workers=True)
+            pl.seed_everything(plan.seed, workers=True)
             prepare_task(cfg)
-            check_data(task, train=fit, evaluate=evaluate, data_dir=str(cfg.paths.data_dir))
+            check_data(plan.task, train=fit, evaluate=evaluate, data_dir=plan.data_dir)
 
-            datamodule = build_datamodule(cfg, task)
-            module = build_module(cfg, datamodule)
+            datamodule = build_datamodule(plan)
+            module = build_module(plan, datamodule)
             trainer = build_trainer(cfg)
             unsaved: OSError | None = None
             if fit:
@@ -76,9 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     if not trainer.fast_dev_run:  # type: ignore[attr-defined]
                         # Every rank must call save_checkpoint (it is collective); rank 0 writes.
                         # The full state (optimizer, loops), as Lightning's own default says.
-                        trainer.save_checkpoint(
-                            out / CHECKPOINTS / LAST_CHECKPOINT, weights_only=False
-                        )
+                        trainer.save_checkpoint(layout.last_checkpoint, weights_only=False)
                 except OSError as error:
                     # A full disk at the last checkpoint must not cost the evaluation: the
                     # trained model is in memory. Score it, print the table, then fail.
@@ -98,15 +94,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     trainer,
                     module,
                     datamodule,
-                    out,
-                    str(cfg.run_name),
+                    plan,
                     started,
-                    allow_partial=bool(cfg.get("allow_partial")),
                     run=metadata.describe(cfg, started_at),
                     # Trained here: the model is this run's; scored only: the checkpoint's.
                     model_dir=out if fit else model_run_dir(resolved and resolved[0], out),
-                    reuse=bool(cfg.get("reuse_scores", True)),
-                    intervals=IntervalSettings.of(cfg.get("intervals")),
                 )
             if unsaved is not None:
                 raise unsaved

@@ -9,7 +9,6 @@ every shard the run will read, test sets included. Each reports all of its probl
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import math
 import os
@@ -167,13 +166,11 @@ def _name_problems(names: Any) -> list[str]:
 
 def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]:
     """Problems with the numeric run settings (``data``, ``trainer``, ``generation``)."""
-    from xares.training.datamodule import TaskDataModule
+    from xares.training.datamodule import DataSettings
 
     problems: list[str] = []
     data = _plain(cfg.get("data")) or {}
-    # What the data module takes, less what the run passes itself.
-    own = {"task", "seed", "data_dir", "cuda_eval_batch_size"}
-    accepted = [p for p in inspect.signature(TaskDataModule).parameters if p not in own]
+    accepted = DataSettings.names()
     for key in data:
         if key not in accepted:
             close = difflib.get_close_matches(str(key), accepted, n=1)
@@ -181,6 +178,10 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
             problems.append(
                 f"data.{key}: unknown setting{hint}; valid: {', '.join(sorted(accepted))}"
             )
+
+    for key in accepted:
+        if key not in data:
+            problems.append(f"data.{key}: missing; conf/train.yaml's `data` section sets it")
 
     def need(key: str, ok: bool, fix: str) -> None:
         if key in data and not ok:

@@ -76,12 +76,12 @@ class Efficiency(pl.Callback):
 
     # ------------------------------------------------------------------ helpers
     @classmethod
-    def of(cls, trainer: pl.Trainer) -> Efficiency:
+    def of(cls, trainer: pl.Trainer, sample_rate: int | None = None) -> Efficiency:
         """The trainer's meter; one is added when the config has none (``xares.run.evaluate``)."""
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, cls):
                 return callback
-        meter = cls()
+        meter = cls(sample_rate=sample_rate)
         trainer.callbacks.append(meter)  # type: ignore[attr-defined]
         return meter
 
@@ -164,8 +164,9 @@ class Efficiency(pl.Callback):
                 # Peaks of an earlier run in this process (a sweep) are not this run's.
                 torch.cuda.reset_peak_memory_stats(self._device)
             if self.sample_rate is None:
-                data = getattr(pl_module, "config", {}).get("data") or {}
-                self.sample_rate = int(data.get("sample_rate", 16000))
+                # The rate the clips were read at, from the loaders that read them.
+                datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+                self.sample_rate = getattr(datamodule, "sample_rate", None)
         self._attach(pl_module)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -239,7 +240,9 @@ class Efficiency(pl.Callback):
         if self._encoder is None:
             return None
         self._fold_events(wait=True)
-        audio_seconds = float(self._audio_samples) / float(self.sample_rate or 16000)
+        # Without a known rate the audio's length is unknown, and so is the frame rate measured.
+        rate = self.sample_rate
+        audio_seconds = float(self._audio_samples) / float(rate) if rate else 0.0
         frames = float(self._frames) if self._frames_known and self._calls else None
         frame_rate = getattr(self._encoder, "frame_rate", None)
         if audio_seconds > 0 and frames is not None:

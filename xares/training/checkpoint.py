@@ -25,13 +25,12 @@ import pickle
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xares.layout import CHECKPOINT_GLOB, CHECKPOINTS, LAST_CHECKPOINT
 from xares.training.module import AudioLLMModule
@@ -298,18 +297,20 @@ def _first_readable(candidates: list[Path], what: str) -> tuple[str, dict[str, A
 
 
 def resolve_checkpoint(
-    value: str | None, cfg: DictConfig, here: Path | None = None
+    value: str | None, runs: Path | None, here: Path | None = None
 ) -> tuple[str, dict[str, Any]] | None:
     """Find and read the checkpoint ``value`` names: a file, a run directory, or ``last``.
 
     A run directory gives its newest readable checkpoint (``last.ckpt`` first); ``last``
-    the newest readable one of every run of this ``run_name`` other than this run (``here``).
+    the newest readable one of every run under ``runs`` (``<paths.log_dir>/<run_name>``: the
+    runs of this name) other than this run (``here``).
     Returns the path and the checkpoint, or ``None`` when ``value`` is empty.
     """
     if not value:
         return None
     if value == "last":
-        runs = Path(cfg.paths.log_dir) / str(cfg.run_name)
+        if runs is None:
+            raise FileNotFoundError("ckpt_path=last: this run has no runs folder to look in")
         found = [
             *runs.glob(f"*/{CHECKPOINTS}/{CHECKPOINT_GLOB}"),
             *runs.glob(f"*/{CHECKPOINT_GLOB}"),
@@ -363,12 +364,14 @@ def model_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[
 
 
 def check_compatible(
-    ckpt_path: str, checkpoint: Mapping[str, Any], cfg: DictConfig | Mapping, allow: bool = False
+    ckpt_path: str, checkpoint: Mapping[str, Any], now: Mapping[str, Any], allow: bool = False
 ) -> None:
-    """Refuse a checkpoint trained with another encoder, projector or decoder (unless ``allow``)."""
-    now = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """Refuse a checkpoint trained with another encoder, projector or decoder (unless ``allow``).
+
+    ``now`` is this run's resolved config, as plain data.
+    """
     saved = checkpoint["xares_config"]
-    differences = model_differences(saved, now)  # type: ignore[arg-type]
+    differences = model_differences(saved, now)
     if not differences:
         return
     listed = "\n  ".join(differences[:12])
@@ -566,8 +569,6 @@ def check_writable(directory: str | Path) -> None:
 
 def _to_plain(value: Any, where: str = "") -> Any:
     """A copy of a trusted checkpoint's contents in the types a weights-only load rebuilds."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
     if isinstance(value, torch.Tensor):
         plain = value.detach()
         return plain if type(plain) is torch.Tensor else plain.as_subclass(torch.Tensor)
@@ -579,7 +580,11 @@ def _to_plain(value: Any, where: str = "") -> Any:
         value = vars(value)
     if isinstance(value, Mapping):
         return {k: _to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
+    # Config nodes pickled by older versions are mappings and sequences too (their items are
+    # resolved on reading), so they become plain dicts and lists here.
+    if isinstance(value, (list, tuple, set, frozenset)) or (
+        isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    ):
         items = [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     if type(value) in _LEAVES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +15,8 @@ from torch.utils.data import DataLoader
 from xares.data.lengths import training_lengths
 from xares.data.mixing import DatasetSource, EvalSet, EvalSuite, TrainMixture
 from xares.data.shards import resolve_shards
-from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec
+from xares.data.task_spec import EvalSpec, TaskSpec, TrainSpec, test_set_id
+from xares.settings import from_section
 from xares.training.termination import leave_sigterm_to_the_main_process
 
 log = logging.getLogger(__name__)
@@ -68,21 +70,42 @@ def _sources(
     return sources
 
 
+@dataclass(frozen=True)
+class DataSettings:
+    """How clips are read, cropped and batched: the ``data`` config group, typed.
+
+    Every value comes from the config (``conf/train.yaml``); none is assumed here, so a
+    setting is written in one place. ``xares.run.validation`` checks the values and names a bad
+    one before this is built.
+    """
+
+    batch_size: int
+    num_workers: int
+    sample_rate: int
+    crop_seconds: float
+    eval_max_seconds: float | None
+    shuffle_buffer: int
+    sort_buffer: int
+    eval_sort_buffer: int
+    eval_batch_size: int | None
+    eval_limit: int | None
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> DataSettings:
+        return from_section(cls, "data", values)
+
+
 class TaskDataModule(pl.LightningDataModule):
     def __init__(
         self,
         task: Mapping[str, Any] | TaskSpec,
-        batch_size: int = 4,
-        num_workers: int = 0,
-        sample_rate: int = 16000,
-        crop_seconds: float = 30.0,
-        eval_max_seconds: float | None = None,
-        shuffle_buffer: int = 256,
-        sort_buffer: int = 128,
-        eval_sort_buffer: int = 256,
-        eval_batch_size: int | None = None,
-        eval_limit: int | None = None,
-        seed: int = 42,
+        data: DataSettings,
+        *,
+        seed: int,
         root: str | None = None,
         download: bool = True,
         cuda_eval_batch_size: int | None = None,
@@ -91,22 +114,23 @@ class TaskDataModule(pl.LightningDataModule):
         super().__init__()
         self.task = TaskSpec.parse(task)
         self.name = self.task.name
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.sample_rate = sample_rate
-        self.crop_seconds = crop_seconds
-        self.eval_max_seconds = eval_max_seconds
-        self.shuffle_buffer = shuffle_buffer
-        self.sort_buffer = sort_buffer
-        self.eval_sort_buffer = eval_sort_buffer
-        self.eval_batch_size = eval_batch_size
+        self.data = data
+        self.batch_size = data.batch_size
+        self.num_workers = data.num_workers
+        self.sample_rate = data.sample_rate
+        self.crop_seconds = data.crop_seconds
+        self.eval_max_seconds = data.eval_max_seconds
+        self.shuffle_buffer = data.shuffle_buffer
+        self.sort_buffer = data.sort_buffer
+        self.eval_sort_buffer = data.eval_sort_buffer
+        self.eval_batch_size = data.eval_batch_size
         # On a GPU a test batch costs about as much as one row, so one size serves every set.
         self.cuda_eval_batch_size = cuda_eval_batch_size
         # Set once the model exists (see xares.run.train.build_module): the model's tokeniser and
         # the feature cache's clip digest run in the loader workers, inside the collate.
         self.text: Callable[..., dict[str, Any]] | None = None
         self.digest: Callable[[torch.Tensor], str] | None = None
-        self.eval_limit = eval_limit
+        self.eval_limit = data.eval_limit
         self.seed = seed
         self.root = root
         self.download = download
@@ -118,7 +142,11 @@ class TaskDataModule(pl.LightningDataModule):
 
     @property
     def eval_specs(self) -> dict[str, dict[str, Any]]:
-        return self.task.eval_dicts()
+        """Each test set as a plain dict, with its identity named from the data cache."""
+        return {
+            name: {**spec, "set_id": test_set_id(spec, self.data_dir)}
+            for name, spec in self.task.eval_dicts().items()
+        }
 
     def prepare_data(self) -> None:
         # Rank 0 fetches what this run needs once; setup() on every rank then reads the cache.

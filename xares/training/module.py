@@ -67,14 +67,18 @@ class AudioLLMModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         eval_sets: Mapping[str, Mapping[str, Any]] | None = None,
-        config: Mapping[str, Any] | None = None,
+        saved_config: Mapping[str, Any] | None = None,
+        fused_optimizer: bool | str = False,
     ):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_sets = {k: {**eval_defaults(), **v} for k, v in (eval_sets or {}).items()}
-        self.config = dict(config or {})
+        # Written into every checkpoint (what rebuilds the model later), never read in a run:
+        # what the run needs it is given as arguments.
+        self.saved_config = dict(saved_config or {})
+        self.fused_optimizer = fused_optimizer
         # Checkpoints hold only trainable weights, so loading must not demand the frozen ones.
         self.strict_loading = False
         self._bad_steps = 0
@@ -120,9 +124,6 @@ class AudioLLMModule(pl.LightningModule):
             return
         drawn = datamodule.training_lengths(self.model.text, int(speed.shape_batches))
         self.model.plan_shapes(drawn)
-
-    def _speed(self, key: str, default: Any = None) -> Any:
-        return (self.config.get("speed") or {}).get(key, default)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int):
@@ -177,9 +178,7 @@ class AudioLLMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(
-            self.optimizer_factory, params, self._speed("fused_optimizer", False)
-        )
+        optimizer = build_optimizer(self.optimizer_factory, params, self.fused_optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -244,7 +243,7 @@ class AudioLLMModule(pl.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["xares_config"] = self.config
+        checkpoint["xares_config"] = self.saved_config
         # Where the random streams of training (LoRA dropout) stood, for an exact resume.
         checkpoint["xares_rng"] = {
             "torch": torch.get_rng_state(),
@@ -371,7 +370,7 @@ class AudioLLMModule(pl.LightningModule):
             "weight": float(spec["weight"]),
             "chance": spec.get("chance"),
             "track": spec.get("track"),
-            "set_id": test_set_id(spec),
+            "set_id": spec.get("set_id") or test_set_id(spec),
             "metric_args": dict(spec.get("metric_args") or {}),
             "clips": len(items),
             # Test samples left out, by reason (bad audio, corrupt or missing label...).

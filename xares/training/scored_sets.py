@@ -103,7 +103,7 @@ class ScoredSets:
     ):
         self.directory = Path(directory) / FOLDER / key
         self.read_from = [self.directory, *(Path(p) / FOLDER / key for p in also_read)]
-        self.specs = {name: test_set_id(spec) for name, spec in specs.items()}
+        self.specs = {name: spec.get("set_id") or test_set_id(spec) for name, spec in specs.items()}
         self.rank, self.world_size = rank, world_size
 
     def _name(self, task: str, rank: int) -> str:
