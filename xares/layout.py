@@ -7,6 +7,8 @@
   skipped.tsv                                 each clip left out, by key and reason
   report.html                                 the run's own page
   eval_parts/                                 finished test sets, for a resumed evaluation
+  checkpoint.txt                              (a re-scoring) the checkpoint it scored
+  .hydra/config.yaml, hydra.yaml, overrides.yaml   the composed config, as Hydra writes it
   .xares_run.json                             which run owns the directory
 """
 
@@ -23,6 +25,12 @@ SKIPPED = "skipped.tsv"
 RUN_PAGE = "report.html"
 EVAL_PARTS = "eval_parts"
 CLAIM = ".xares_run.json"
+SCORED_CHECKPOINT = "checkpoint.txt"
+# In Hydra's `hydra.output_subdir` (`.hydra`): the names Hydra gives them, which xares.api
+# writes as the command line would.
+HYDRA_CONFIG = "config.yaml"
+HYDRA_SETTINGS = "hydra.yaml"
+HYDRA_OVERRIDES = "overrides.yaml"
 
 # What makes a directory hold a run's results (a second run must not write into it).
 RESULTS = (SCORES_JSON, SCORES_TSV, PREDICTIONS_GLOB, f"{CHECKPOINTS}/{CHECKPOINT_GLOB}")

@@ -48,6 +48,7 @@ from hydra.version import VersionBase
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from xares.layout import HYDRA_CONFIG, HYDRA_OVERRIDES, HYDRA_SETTINGS
 from xares.run.directory import CLAIM, RESULT_PATTERNS, RunDirError, claim_run_dir
 from xares.run.pipeline import CONFIG_DIR
 
@@ -385,6 +386,6 @@ def _save_hydra_files(cfg: DictConfig, job_cfg: DictConfig, out: Path) -> None:
         return
     folder = out / str(subdir)
     folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(job_cfg, folder / "config.yaml")
-    OmegaConf.save(HydraConfig.instance().cfg, folder / "hydra.yaml")
-    OmegaConf.save(cfg.hydra.overrides.task, folder / "overrides.yaml")
+    OmegaConf.save(job_cfg, folder / HYDRA_CONFIG)
+    OmegaConf.save(HydraConfig.instance().cfg, folder / HYDRA_SETTINGS)
+    OmegaConf.save(cfg.hydra.overrides.task, folder / HYDRA_OVERRIDES)

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xares.atomic import write_text
+from xares.layout import SCORED_CHECKPOINT
 from xares.results.scores import overall_score
 from xares.run import metadata
 from xares.run.directory import claim_run_dir
@@ -126,7 +127,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             load_trainable(module, ckpt_path, checkpoint)
             trainer = build_trainer(run_cfg)
             scored = str(Path(ckpt_path).resolve())
-            write_text(out / "checkpoint.txt", scored + "\n")
+            write_text(out / SCORED_CHECKPOINT, scored + "\n")
             return evaluate_and_report(
                 trainer,
                 module,
