@@ -352,3 +352,14 @@ def test_the_leaderboard_shows_intervals_and_ties_as_ties(tmp_path):
     low, high = cells["weak"].interval
     assert f"[{low:.3f}, {high:.3f}]" in md
     assert 'class="tied"' in written["leaderboard.html"].read_text()
+    # A board without challenge tracks names none, and leaves no empty brackets behind.
+    assert "on its own ()" not in written["leaderboard.html"].read_text()
+    # The legend names the level the runs drew their intervals at, not a fixed one.
+    assert "bootstrap interval at 95 %" in md
+    weak = tmp_path / "runs" / "weak" / "scores.json"
+    record = json.loads(weak.read_text())
+    record["intervals"]["level"] = 0.9
+    weak.write_text(json.dumps(record))
+    written = cli.write_leaderboard(scores.collect([tmp_path / "runs"]), tmp_path / "report")
+    for name in ("leaderboard.md", "leaderboard.html"):
+        assert "bootstrap interval at 90 % or 95 %" in written[name].read_text()

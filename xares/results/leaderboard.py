@@ -83,6 +83,8 @@ class Cell:
     partial: bool = False
     # The run's bootstrap interval of this number (one run only: seeds show their spread).
     interval: list[float] | None = None
+    # The interval's level (``intervals.level`` of the run that drew it).
+    level: float | None = None
     # Not significantly worse than the column's best (a paired test on the same clips).
     tied: bool = False
 
@@ -435,6 +437,25 @@ def _own_interval(members: list[Configuration], column: Column, cell: Cell) -> l
     return _interval(interval)
 
 
+def _level(members: list[Configuration], run_dir: str) -> float | None:
+    """The level a run drew its intervals at (its scores.json's ``intervals`` block)."""
+    for member in members:
+        for run in member.runs:
+            if run["run_dir"] == run_dir:
+                return _number((run.get("intervals") or {}).get("level"))
+    return None
+
+
+def interval_legend(levels: set[float]) -> str:
+    """The legend's words for the intervals' level: the one the runs set, or each of them."""
+    shown = sorted(f"{100 * level:g} %" for level in levels)
+    if not shown:
+        return ""
+    if len(shown) == 1:
+        return f" at {shown[0]}"
+    return f" at {' or '.join(shown)} (as the cell's run set intervals.level)"
+
+
 def _ties(columns: Sequence[Column], rows: Sequence[Row], winners: Mapping[str, list[Row]]) -> None:
     """Mark each one-run cell that a paired test cannot tell from its column's best.
 
@@ -720,6 +741,7 @@ def _run_row(
                 cell = Cell([s for s, _ in pairs], [d for _, d in pairs])
                 if len(pairs) == 1:
                     cell.interval = _interval(config.tasks[task].get("interval"))
+                    cell.level = _level(members, cell.runs[0]) if cell.runs else None
                 cells[f"task:{task}"] = cell
     for column in columns:
         if column.kind != "task":
@@ -728,6 +750,8 @@ def _run_row(
             if cell is not None:
                 if column.kind in ("track", "overall"):
                     cell.interval = _own_interval(members, column, cell)
+                    if cell.interval is not None:
+                        cell.level = _level(members, cell.runs[0])
                 cells[column.key] = cell
     label, detail, from_folder = _label(members)
     return Row(
@@ -965,6 +989,14 @@ def render_context(board: Leaderboard, out: Path) -> dict[str, Any]:
         "partial": PARTIAL,
         "any_partial": any(c.partial for r in board.rows for c in r.cells.values()),
         "any_interval": any(c.interval for r in board.rows for c in r.cells.values()),
+        "interval_level": interval_legend(
+            {
+                c.level
+                for r in board.rows
+                for c in r.cells.values()
+                if c.interval is not None and c.level is not None
+            }
+        ),
         "any_tied": any(c.tied for r in board.rows for c in r.cells.values()),
         "tied_mark": TIED_MARK,
         "tied": TIED.format(alpha=0.05),
