@@ -25,7 +25,7 @@ from xares.results import diagnosis, scores
 from xares.results.intervals import attach_intervals
 from xares.results.run_page import write_run_page
 from xares.run import metadata
-from xares.run.plan import RunLayout, RunPlan
+from xares.run.plan import RunPlan
 from xares.training.callbacks import Efficiency
 from xares.training.checkpoint import VerifiedCheckpointIO
 from xares.training.console import StepProgressBar, quiet_console
@@ -50,11 +50,6 @@ class IncompleteEvaluationError(RuntimeError):
 
 class ReportWriteError(OSError):
     """The score files could not be written (the table was printed)."""
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """The run directory (see :meth:`RunLayout.of`: a config composed by hand must name it)."""
-    return RunLayout.of(cfg).output_dir
 
 
 def prepare_task(cfg: DictConfig) -> None:
