@@ -314,3 +314,17 @@ def test_a_run_reads_no_setting_back_from_the_config_it_saves(make_cfg, monkeypa
     monkeypatch.setattr(AudioLLMModule, "on_save_checkpoint", save)
     summary = train(make_cfg(*FAST, "logger=none", "trainer.max_steps=2"))
     assert [t["task"] for t in summary["tasks"]] and written
+
+
+def test_the_plans_problems_come_all_at_once_and_each_once(make_cfg, no_weights):
+    message = run_fails(
+        make_cfg,
+        "+data.bach_size=3",
+        "~generation.num_beams",
+        "~llm.lora.bias",
+        "task.eval.eval_pitch.metric=Acuracy",
+    )
+    assert "data.bach_size: unknown setting" in message
+    assert "missing ['num_beams']" in message and "missing ['bias']" in message
+    assert "metric Acuracy" in message
+    assert message.count("bach_size") == 1

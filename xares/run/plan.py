@@ -124,23 +124,41 @@ class RunPlan:
 
 def model_spec(cfg: DictConfig) -> ModelSpec:
     """The model a config describes (``encoder``, ``projector``, ``llm``, ``generation``,
-    ``model``, ``speed``, ``data.sample_rate``); raises ``ValueError`` naming a bad setting."""
+    ``model``, ``speed``, ``data.sample_rate``); raises :class:`ConfigError` naming every bad
+    setting at once."""
+    problems: list[str] = []
+
+    def part(make: Any, *args: Any) -> Any:
+        try:
+            return make(*args)
+        except (ValueError, TypeError) as error:
+            problems.append(str(error))
+            return None
+
     speed = dict(_plain(cfg.get("speed")) or {})
     task = (cfg.get("task") or {}).get("name")
     lora = _plain(cfg.llm.get("lora"))
+    settings = dict(
+        lora=None if lora is None else part(LoraSettings.of, lora),
+        generation=part(GenerationSettings.of, _plain(cfg.generation)),
+        speed=part(
+            Speed.from_config,
+            {k: v for k, v in speed.items() if k not in _SPEED_ELSEWHERE},
+            is_challenge_task(task),
+        ),
+        feature_cache=part(
+            FeatureCacheSettings.of, speed.get("feature_cache") or _NO_FEATURE_CACHE
+        ),
+    )
+    if problems:
+        raise ConfigError(problems)
     return ModelSpec(
         encoder=_plain(cfg.encoder),
         projector=_plain(cfg.projector),
         decoder=_plain(cfg.llm.decoder),
-        lora=None if lora is None else LoraSettings.of(lora),
-        generation=GenerationSettings.of(_plain(cfg.generation)),
         pack=bool((cfg.get("model") or {}).get("pack")),
-        speed=Speed.from_config(
-            {k: v for k, v in speed.items() if k not in _SPEED_ELSEWHERE},
-            challenge=is_challenge_task(task),
-        ),
-        feature_cache=FeatureCacheSettings.of(speed.get("feature_cache") or _NO_FEATURE_CACHE),
         sample_rate=int(cfg.data.sample_rate),
+        **settings,
     )
 
 
@@ -153,19 +171,26 @@ def plan_run(
     """
     train = bool(cfg.get("train", True)) if train is None else train
     evaluate = bool(cfg.get("evaluate", True)) if evaluate is None else evaluate
-    task = check_run(cfg, train=train, evaluate=evaluate)
     problems: list[str] = []
 
-    def settings(make: Any, *args: Any) -> Any:
+    def settings(make: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return make(*args)
+            return make(*args, **kwargs)
+        except ConfigError as error:
+            problems.extend(error.problems)
         except (ValueError, TypeError) as error:
             problems.append(str(error))
-            return None
+        return None
 
-    data = settings(DataSettings.of, _plain(cfg.data))
+    # Every problem at once: the task and numbers checked, then each typed section built.
+    task = settings(check_run, cfg, train=train, evaluate=evaluate)
+
     model = settings(model_spec, cfg)
-    intervals = settings(IntervalSettings.of, _plain(cfg.get("intervals")))
+    # The checks above already read `data` and `intervals` whole: built again after a failed
+    # check, they would only repeat its problems.
+    checked = not problems
+    data = settings(DataSettings.of, _plain(cfg.data)) if checked else None
+    intervals = settings(IntervalSettings.of, _plain(cfg.get("intervals"))) if checked else None
     speed = _plain(cfg.get("speed")) or {}
     if problems:
         raise ConfigError(problems)
