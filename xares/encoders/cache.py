@@ -90,14 +90,14 @@ def clip_id(samples: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _plain(value: Any) -> Any:
+def _canonical(value: Any) -> Any:
     """A JSON-serialisable copy of a config value with a stable key order (config nodes included: any mapping or sequence)."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(value[key]) for key in sorted(value, key=str)}
+        return {str(key): _canonical(value[key]) for key in sorted(value, key=str)}
     if isinstance(value, (list, tuple)) or (
         isinstance(value, Sequence) and not isinstance(value, (str, bytes))
     ):
-        return [_plain(item) for item in value]
+        return [_canonical(item) for item in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
@@ -136,7 +136,7 @@ def encoder_fingerprint(
     header = {
         "format": FORMAT,
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "config": _plain(dict(config) if config is not None else {}),
+        "config": _canonical(dict(config) if config is not None else {}),
         "sample_rate": int(sample_rate),
     }
     digest.update(json.dumps(header, sort_keys=True).encode())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xares.data.task_spec import TaskSpec
 from xares.layout import CHECKPOINTS, LAST_CHECKPOINT, SCORES_JSON, SCORES_TSV
@@ -27,17 +27,13 @@ from xares.models.speed import Speed
 from xares.protocol import is_challenge_task
 from xares.results.intervals import IntervalSettings
 from xares.run import metadata
-from xares.run.validation import ConfigError, check_run
+from xares.run.validation import ConfigError, check_run, plain
 from xares.training.datamodule import DataSettings
 
 # Read by the optimiser, the test loaders and the feature cache, not by the model's Speed.
 _SPEED_ELSEWHERE = ("feature_cache", "fused_optimizer", "eval_batch_size")
 # A speed section without a feature cache (one written by hand) caches nothing.
 _NO_FEATURE_CACHE = {"enabled": False, "memory_gb": 0, "dir": None, "dtype": None}
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 class NoRunDirectoryError(ValueError):
@@ -135,12 +131,12 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
             problems.append(str(error))
             return None
 
-    speed = dict(_plain(cfg.get("speed")) or {})
+    speed = dict(plain(cfg.get("speed")) or {})
     task = (cfg.get("task") or {}).get("name")
-    lora = _plain(cfg.llm.get("lora"))
+    lora = plain(cfg.llm.get("lora"))
     settings = dict(
         lora=None if lora is None else part(LoraSettings.of, lora),
-        generation=part(GenerationSettings.of, _plain(cfg.generation)),
+        generation=part(GenerationSettings.of, plain(cfg.generation)),
         speed=part(
             Speed.from_config,
             {k: v for k, v in speed.items() if k not in _SPEED_ELSEWHERE},
@@ -153,9 +149,9 @@ def model_spec(cfg: DictConfig) -> ModelSpec:
     if problems:
         raise ConfigError(problems)
     return ModelSpec(
-        encoder=_plain(cfg.encoder),
-        projector=_plain(cfg.projector),
-        decoder=_plain(cfg.llm.decoder),
+        encoder=plain(cfg.encoder),
+        projector=plain(cfg.projector),
+        decoder=plain(cfg.llm.decoder),
         pack=bool((cfg.get("model") or {}).get("pack")),
         sample_rate=int(cfg.data.sample_rate),
         **settings,
@@ -189,9 +185,9 @@ def plan_run(
     # The checks above already read `data` and `intervals` whole: built again after a failed
     # check, they would only repeat its problems.
     checked = not problems
-    data = settings(DataSettings.of, _plain(cfg.data)) if checked else None
-    intervals = settings(IntervalSettings.of, _plain(cfg.get("intervals"))) if checked else None
-    speed = _plain(cfg.get("speed")) or {}
+    data = settings(DataSettings.of, plain(cfg.data)) if checked else None
+    intervals = settings(IntervalSettings.of, plain(cfg.get("intervals"))) if checked else None
+    speed = plain(cfg.get("speed")) or {}
     if problems:
         raise ConfigError(problems)
     scheduler = cfg.get("scheduler")
@@ -204,8 +200,8 @@ def plan_run(
         data=data,
         data_dir=str(cfg.paths.data_dir),
         model=model,
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(scheduler) if scheduler else None,
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(scheduler) if scheduler else None,
         fused_optimizer=speed.get("fused_optimizer") or False,
         cuda_eval_batch_size=speed.get("eval_batch_size"),
         intervals=intervals,
@@ -213,6 +209,6 @@ def plan_run(
         allow_partial=bool(cfg.get("allow_partial")),
         reuse_scores=bool(cfg.get("reuse_scores", True)),
         allow_ckpt_mismatch=bool(cfg.get("allow_ckpt_mismatch")),
-        config=_plain(cfg),
+        config=plain(cfg),
         choices=metadata.choices(cfg),
     )

@@ -56,7 +56,8 @@ def _positive_number(value: Any) -> bool:
     )
 
 
-def _plain(node: Any) -> Any:
+def plain(node: Any) -> Any:
+    """A config node as resolved plain Python (dicts and lists); any other value unchanged."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
@@ -169,7 +170,7 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
     from xares.training.datamodule import DataSettings
 
     problems: list[str] = []
-    data = _plain(cfg.get("data")) or {}
+    data = plain(cfg.get("data")) or {}
     accepted = DataSettings.names()
     for key in data:
         if key not in accepted:
@@ -216,11 +217,9 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
                 f"seed={seed!r}: write a whole number from 0 to {MAX_SEED} (the range numpy's "
                 "random generator accepts), e.g. seed=42"
             )
-    problems += _memory_problems(
-        data, _plain(cfg.get("task")) or {}, train=train, evaluate=evaluate
-    )
+    problems += _memory_problems(data, plain(cfg.get("task")) or {}, train=train, evaluate=evaluate)
 
-    trainer = _plain(cfg.get("trainer")) or {}
+    trainer = plain(cfg.get("trainer")) or {}
     if train and not trainer.get("fast_dev_run"):
         steps = trainer.get("max_steps")
         if not _int(steps) or steps < 0:
@@ -234,13 +233,13 @@ def check_settings(cfg: DictConfig, *, train: bool, evaluate: bool) -> list[str]
                 "trainer.max_steps=0 trains nothing: write train=false to evaluate without "
                 "training (with ckpt_path=... for a trained model), or a positive step count"
             )
-    generation = _plain(cfg.get("generation")) or {}
+    generation = plain(cfg.get("generation")) or {}
     tokens = generation.get("max_new_tokens")
     if evaluate and tokens is not None and not (_int(tokens) and tokens >= 1):
         problems.append(f"generation.max_new_tokens={tokens!r}: write 1 or more")
     if evaluate:
         try:
-            IntervalSettings.of(_plain(cfg.get("intervals")))
+            IntervalSettings.of(plain(cfg.get("intervals")))
         except (ValueError, TypeError) as error:
             problems.append(f"intervals: {error}")
     return problems
@@ -287,7 +286,7 @@ def check_run(
     evaluate = bool(cfg.get("evaluate", True)) if evaluate is None else evaluate
     problems = check_settings(cfg, train=train, evaluate=evaluate)
     task = None
-    raw = _plain(cfg.task)
+    raw = plain(cfg.task)
     if evaluate and isinstance(raw, Mapping) and isinstance(raw.get("eval"), Mapping):
         problems += _name_problems(raw["eval"])
     try:
