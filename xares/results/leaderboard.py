@@ -41,8 +41,8 @@ import yaml
 from xares.atomic import write_text
 from xares.results.namesakes import separate_namesakes
 from xares.results.scores import weighted_mean
+from xares.results.templates import ASSETS, environment
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 BASELINES = ASSETS / "published_baselines.yaml"
 CHALLENGE = ASSETS / "challenge_results.yaml"
 SPREAD = "sample standard deviation over seeds"
@@ -1058,8 +1058,6 @@ def write(
     import base64
     from datetime import datetime, timezone
 
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
     shown = [
         {
             "file": path.name,
@@ -1078,15 +1076,7 @@ def write(
     )
     written = {}
     for name in ("leaderboard.md", "leaderboard.html"):
-        html = name.endswith(".html")
-        # Markdown is line-oriented: its template keeps every newline it writes.
-        env = Environment(
-            loader=FileSystemLoader(ASSETS),
-            autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
-            undefined=StrictUndefined,
-            trim_blocks=html,
-            lstrip_blocks=html,
-        )
+        env = environment(html=name.endswith(".html"))
         env.globals["md"] = _markdown_cell
         env.filters["mdtext"] = _markdown_text
         path = out / name

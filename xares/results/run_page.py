@@ -24,8 +24,8 @@ from xares.atomic import write_text
 from xares.layout import RUN_PAGE, SCORES_JSON, predictions_file
 from xares.protocol.comparability import AGAINST
 from xares.results.diagnosis import confusion_matrix, diagnose
-from xares.results.leaderboard import ASSETS
 from xares.results.scores import _fmt, format_efficiency, read_predictions, score_files
+from xares.results.templates import environment
 
 log = logging.getLogger(__name__)
 
@@ -250,17 +250,9 @@ def _percent(value: float | None) -> str:
 
 def write_run_page(run_dir: str | Path) -> Path:
     """Write ``report.html`` into ``run_dir`` from its ``scores.json`` and predictions files."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / SCORES_JSON).read_text())
-    env = Environment(
-        loader=FileSystemLoader(ASSETS),
-        autoescape=select_autoescape(enabled_extensions=("html.j2",)),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = environment(html=True)
     env.filters["percent"] = _percent
     env.filters["num"] = _number
     path = run_dir / PAGE
