@@ -191,6 +191,15 @@ def test_the_run_page_shows_every_classification_set(run_dir):
     assert "http://" not in html and "https://" not in html  # offline: nothing to fetch
 
 
+def test_the_run_page_heads_its_intervals_with_their_level(run_dir):
+    path = run_dir / "scores.json"
+    summary = json.loads(path.read_text())
+    summary["intervals"] = {"resamples": 1000, "level": 0.9, "seed": 0}
+    path.write_text(json.dumps(summary))
+    run_page.write_run_page(run_dir)
+    assert "<th>90% CI</th>" in (run_dir / "report.html").read_text()
+
+
 def test_the_run_page_of_an_older_run_is_made_from_its_predictions(run_dir):
     path = run_dir / "scores.json"
     summary = json.loads(path.read_text())

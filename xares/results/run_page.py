@@ -24,7 +24,13 @@ from xares.atomic import write_text
 from xares.layout import RUN_PAGE, SCORES_JSON, predictions_file
 from xares.protocol.comparability import AGAINST
 from xares.results.diagnosis import confusion_matrix, diagnose
-from xares.results.scores import _fmt, format_efficiency, read_predictions, score_files
+from xares.results.scores import (
+    _fmt,
+    format_efficiency,
+    interval_label,
+    read_predictions,
+    score_files,
+)
 from xares.results.templates import environment
 
 log = logging.getLogger(__name__)
@@ -222,6 +228,7 @@ def page_context(run_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
         "tasks": tasks,
         "means": means,
         "any_interval": any(r["interval"] for r in [*tasks, *means]),
+        "interval_label": interval_label(summary) or "interval",
         "verdict": None
         if not isinstance(verdict, Mapping)
         else {
