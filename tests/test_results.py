@@ -110,6 +110,24 @@ def test_a_tracker_failure_is_logged_and_the_run_keeps_its_result(
         train(make_cfg(*UNTRAINED, output_dir=tmp_path / "run2"))
 
 
+def test_a_run_page_failure_is_logged_and_the_run_keeps_its_result(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    # report.html is a view of the score files: a sweep must not stop because one page could
+    # not be drawn after its scores were written.
+    def fail(run_dir):
+        raise ValueError("no picture")
+
+    monkeypatch.setattr("xares.run.pipeline.write_run_page", fail)
+    summary = train(make_cfg(*UNTRAINED))
+    run = tmp_path / "run"
+    assert math.isfinite(summary["overall"])
+    assert json.loads((run / "scores.json").read_text())["overall"] == summary["overall"]
+    assert not (run / "report.html").exists()
+    assert "report.html could not be written (ValueError: no picture)" in caplog.text
+    assert f"python -m xares.report --run-pages {run}" in caplog.text
+
+
 def test_a_run_refuses_a_directory_holding_another_runs_results(make_cfg, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
 from xares.encoders.cache import clip_id
-from xares.layout import CHECKPOINT_SUFFIX, CHECKPOINTS
+from xares.layout import CHECKPOINT_SUFFIX, CHECKPOINTS, RUN_PAGE, SCORES_JSON
 from xares.models.build import build_model
 from xares.protocol.comparability import verdict
 from xares.results import diagnosis, scores
@@ -155,6 +155,27 @@ def publish_scores(loggers: list[Any], summary: dict[str, Any]) -> None:
         )
 
 
+def draw_run_page(out: Path) -> None:
+    """``report.html``, a view of the score files just written; drawing it never fails the run.
+
+    A sweep would otherwise stop at a page it could not draw (a plotting or template error)
+    after the run's result was safe. The error is logged with the command that draws the page
+    again from the files.
+    """
+    try:
+        write_run_page(out)
+    except Exception as error:
+        log.error(
+            "%s could not be written (%s: %s); the scores are in %s. Draw it again with "
+            "`python -m xares.report --run-pages %s`",
+            RUN_PAGE,
+            type(error).__name__,
+            error,
+            out / SCORES_JSON,
+            out,
+        )
+
+
 def model_run_dir(ckpt_path: str | Path | None, out: Path) -> Path:
     """The run directory of the model being scored: the checkpoint's, or this run's."""
     if ckpt_path is None:
@@ -265,7 +286,6 @@ def evaluate_and_report(
     try:
         scores.write_reports(out, module.results, run_name=plan.run_name, summary=summary)
         scores.write_skipped(out, module.results, module.train_skipped.items())
-        write_run_page(out)
     except OSError as error:
         raise ReportWriteError(
             f"the score files could not be written to {out}: {error}. The table above is this "
@@ -275,6 +295,7 @@ def evaluate_and_report(
         # The logger's copy of the table, also when the files could not be written.
         publish_scores(trainer.loggers, summary)
     print(f"\nscores written to {out}/scores.tsv", flush=True)
+    draw_run_page(out)
     empty = [t for t in summary["tasks"] if not t["clips"]]
     if empty:
         described = "; ".join(f"{t['task']}: {t['note']}" for t in empty)
