@@ -174,7 +174,7 @@ def test_report_writes_markdown_html_and_plots(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert cli.main([str(sweep), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "task: task1" in printed and "dasheng (" in printed  # the text table still prints
+    assert "task: task1" in printed and "dasheng [" in printed  # the text table still prints
     for name in ("leaderboard.md", "leaderboard.html", "scores_by_task.png", "score_vs_cost.png"):
         assert (out / name).stat().st_size > 0, name
     for name in ("scores_by_task.png", "score_vs_cost.png"):
@@ -623,10 +623,13 @@ def test_the_terminal_leaderboard_names_why_a_run_is_not_comparable(tmp_path):
     write_run(outputs / "a", "dasheng", "task2", 1, comparability=not_comparable(BF16, LIMIT))
     write_run(outputs / "b", "mel", "task2", 1)
     write_run(outputs / "c", "beats", "task2", 1, legacy=True)
-    header = cli.terminal_leaderboard(collect([outputs])).splitlines()[1]  # the run labels
-    assert "dasheng (a, seed 1, NOT comparable: decoder_dtype, eval_limit)" in header
-    assert "mel (b, seed 1)" in header
-    assert "(c, name from folder, comparability not checked)" in header
+    lines = cli.terminal_leaderboard(collect([outputs])).splitlines()
+    # Short column labels keep the table as wide as its numbers; the key under it says the rest.
+    header = lines[1]
+    assert header.split()[3:] == ["dasheng", "[1]", "wavlm", "[2]", "mel", "[3]"]
+    assert "  [1] dasheng: a, seed 1, NOT comparable: decoder_dtype, eval_limit" in lines
+    assert "  [2] wavlm: c, name from folder, comparability not checked" in lines
+    assert "  [3] mel: b, seed 1" in lines
 
 
 def test_two_tasks_that_share_a_name_are_never_averaged_together(tmp_path):
