@@ -67,22 +67,22 @@ def terminal_leaderboard(runs: Sequence[Mapping[str, Any]]) -> str:
     tables = []
     for runs in groups.values():
         runs.sort(key=lambda r: -(r["overall"] if r["overall"] is not None else -1.0))
-        # Columns carry a short label and a number; the key under the table says which run
+        # Columns carry a short label and a number; the legend under the table says which run
         # each is and why it is not comparable, so the table stays as wide as its numbers.
-        key = []
+        legend: list[str] = []
         for number, run in enumerate(runs, 1):
             seed = (run.get("run") or {}).get("seed")
             where = Path(run["run_dir"]).name + (f", seed {seed}" if seed is not None else "")
             if run["from_folder"]:
                 where += ", name from folder"
             where += _comparability_label(run.get("comparability"))
-            key.append(f"  [{number}] {run['encoder']}: {where}")
+            legend.append(f"  [{number}] {run['encoder']}: {where}")
             run["encoder"] = f"{run['encoder']} [{number}]"
         tables.append(
             f"task: {runs[0]['task_name']}  ({len(runs)} runs)\n"
             + compare_table(runs)
             + "\n"
-            + "\n".join(key)
+            + "\n".join(legend)
         )
     return "\n\n".join([*tables, *(f"note: {note}" for note in notes)])
 
