@@ -16,7 +16,7 @@ def environment(*, html: bool) -> Environment:
     instead of rendering empty, and only ``*.html.j2`` templates are escaped. HTML templates
     drop their block tags' own lines; markdown is line-oriented and keeps every newline it
     writes."""
-    # Imported here: the report command is the only user, and jinja2 costs every run's start.
+    # Imported when a page is drawn, at a run's end: not on every import of the package.
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     return Environment(
