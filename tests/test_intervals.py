@@ -295,6 +295,52 @@ def test_two_equally_good_runs_are_rarely_told_apart(tmp_path):
     assert not any(entry["significant"] for entry in result["sets"] + result["means"])
 
 
+def test_a_run_paired_with_several_others_takes_each_set_apart_once(tmp_path, monkeypatch):
+    # A leaderboard pairs each column's best with every other run: the per-clip statistics of
+    # a run are made once, not once per pairing.
+    two_runs(tmp_path)
+    expected = compare.compare(
+        compare.load_run(tmp_path / "run_a"),
+        compare.load_run(tmp_path / "run_b"),
+        resamples=50,
+        permutations=50,
+    )
+    # B's answers in another clip order pair up as before.
+    shuffled = tmp_path / "run_b" / "predictions_eval_kws.csv"
+    header, *lines = shuffled.read_text().splitlines()
+    shuffled.write_text("\n".join([header, *reversed(lines)]) + "\n")
+    made = []
+    real = compare.set_statistics
+    monkeypatch.setattr(
+        compare, "set_statistics", lambda task, *args: made.append(task) or real(task, *args)
+    )
+    a, b = compare.load_run(tmp_path / "run_a"), compare.load_run(tmp_path / "run_b")
+    for _ in range(3):
+        assert compare.compare(a, b, resamples=50, permutations=50) == expected
+    assert sorted(made) == ["eval_asr", "eval_asr", "eval_kws", "eval_kws"]
+
+
+def test_holm_collects_garbage_without_scanning_what_was_alive_before_it():
+    import gc
+
+    # statsmodels' Holm runs a full collection; with a leaderboard's answers in memory that
+    # cost seconds per call, so the objects alive before it are frozen out of its sight.
+    frozen_during: list[int] = []
+
+    def watch(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            frozen_during.append(gc.get_freeze_count())
+
+    before = gc.get_freeze_count()
+    gc.callbacks.append(watch)
+    try:
+        assert compare.holm([0.01, 0.02]) == pytest.approx([0.02, 0.02])
+    finally:
+        gc.callbacks.remove(watch)
+    assert frozen_during and min(frozen_during) > before  # the full collection saw no old object
+    assert gc.get_freeze_count() == before and gc.isenabled()
+
+
 def test_compare_refuses_runs_that_scored_other_clips(tmp_path):
     two_runs(tmp_path)
     path = tmp_path / "run_b" / "predictions_eval_kws.csv"
