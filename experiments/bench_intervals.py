@@ -80,34 +80,37 @@ def answers(metric: str, clips: int, refs: int, rng: np.random.Generator) -> lis
     return rows
 
 
+def scored_set(name: str, metric: str, rows: list[dict], track: str) -> dict:
+    """One test set's result as the evaluation hands it on, scored by its metric."""
+    args = {"num_classes": 200} if metric == "mAP" else {}
+    if metric in ("FENSE", "DATE"):
+        score = float(np.mean([v for r in rows for v in r["pair_scores"]]))
+    else:
+        preds = [r["prediction"] for r in rows for _ in r["references"]]
+        score = build_metric(metric, args)(preds, [x for r in rows for x in r["references"]])
+    return {
+        "task": f"eval_{name}",
+        "metric": metric,
+        "metric_args": args,
+        "weight": 1.0,
+        "track": track,
+        "clips": len(rows),
+        "dropped": {},
+        "rows": rows,
+        "score": score,
+        "note": "",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    results = []
-    for name, metric, clips, refs, track in SETS:
-        rows = answers(metric, clips, refs, rng)
-        args_ = {"num_classes": 200} if metric == "mAP" else {}
-        if metric in ("FENSE", "DATE"):
-            score = float(np.mean([v for r in rows for v in r["pair_scores"]]))
-        else:
-            preds = [r["prediction"] for r in rows for _ in r["references"]]
-            score = build_metric(metric, args_)(preds, [x for r in rows for x in r["references"]])
-        results.append(
-            {
-                "task": f"eval_{name}",
-                "metric": metric,
-                "metric_args": args_,
-                "weight": 1.0,
-                "track": track,
-                "clips": clips,
-                "dropped": {},
-                "rows": rows,
-                "score": score,
-                "note": "",
-            }
-        )
+    results = [
+        scored_set(name, metric, answers(metric, clips, refs, rng), track)
+        for name, metric, clips, refs, track in SETS
+    ]
     clips = sum(r["clips"] for r in results)
     print(f"{len(results)} test sets, {clips} clips, {args.resamples} resamples")
     summary = summarise(results)

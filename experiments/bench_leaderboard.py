@@ -22,9 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_intervals import SETS, answers  # noqa: E402
+from bench_intervals import SETS, answers, scored_set  # noqa: E402
 
-from xares.metrics import build_metric  # noqa: E402
 from xares.results import leaderboard  # noqa: E402
 from xares.results.cli import collect  # noqa: E402
 from xares.results.intervals import IntervalSettings, attach_intervals  # noqa: E402
@@ -49,29 +48,8 @@ def write_runs(root: Path, runs: int) -> None:
                     row["pair_scores"] = [
                         float(np.clip(v + draw.normal(0, 0.05), 0, 1)) for v in row["pair_scores"]
                     ]
-            args = {"num_classes": 200} if metric == "mAP" else {}
-            if metric in ("FENSE", "DATE"):
-                score = float(np.mean([v for r in rows for v in r["pair_scores"]]))
-            else:
-                preds = [r["prediction"] for r in rows for _ in r["references"]]
-                score = build_metric(metric, args)(
-                    preds, [x for r in rows for x in r["references"]]
-                )
-            results.append(
-                {
-                    "task": f"eval_{name}",
-                    "metric": metric,
-                    "metric_args": args,
-                    "weight": 1.0,
-                    "track": {"A": "task1", "B": "task2"}[track],
-                    "set_id": name,
-                    "clips": len(rows),
-                    "dropped": {},
-                    "rows": rows,
-                    "score": score,
-                    "note": "",
-                }
-            )
+            track_name = {"A": "task1", "B": "task2"}[track]
+            results.append({**scored_set(name, metric, rows, track_name), "set_id": name})
         summary = summarise(results)
         attach_intervals(summary, results, IntervalSettings(resamples=100))
         summary["run"] = {
